@@ -1,0 +1,762 @@
+//! `compile()`: resources and Secrets in, [`Snapshot`] + [`SecretSnapshot`] + one [`Report`] per
+//! resource out. Pure: no I/O, no clock, no randomness, so the operator, `keygate-proxy serve
+//! --manifests` and `keygate-proxy check` always agree, and equal inputs give equal bytes.
+//!
+//! A bad resource gets a report and is left out; it never blocks the others. Routes are compiled
+//! last because they depend on the other four kinds and on Secrets.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Resource, ResourceExt};
+
+use crate::report::{Kind, ObjectRef, Problem, Report, reasons};
+use crate::resources::common::{SecretKeyRef, parse_duration_ms};
+use crate::resources::{
+    CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule,
+};
+use crate::snapshot::{
+    Destination, HeaderValue, InjectedHeader, RenamedHeader, Route, SNAPSHOT_FORMAT, SecretId,
+    SecretSnapshot, Snapshot, secret_id,
+};
+
+/// Namespace of a resource whose manifest names none, as kubectl would apply it.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// `bodyLimit` when a route sets none: 10 MiB.
+pub const DEFAULT_BODY_LIMIT: u64 = 10 * 1024 * 1024;
+/// Connect limit when a route sets none.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Response-header limit when a route sets none.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+/// Everything `compile()` reads.
+#[derive(Clone, Default)]
+pub struct Resources {
+    /// `ProxyRoute`s.
+    pub routes: Vec<ProxyRoute>,
+    /// `CookieTranslation`s.
+    pub cookie_translations: Vec<CookieTranslation>,
+    /// `ExternalAllowlist`s.
+    pub allowlists: Vec<ExternalAllowlist>,
+    /// `TokenVaultRule`s.
+    pub vault_rules: Vec<TokenVaultRule>,
+    /// `SessionChainPolicy`s.
+    pub session_policies: Vec<SessionChainPolicy>,
+    /// Secrets the resources may reference.
+    pub secrets: Vec<Secret>,
+}
+
+/// Lists Secrets by name only: the derived `Debug` of a core `Secret` prints its data, and a
+/// `Resources` (or a `Parsed` holding one) easily ends up in a log line.
+impl std::fmt::Debug for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secrets: Vec<String> = self
+            .secrets
+            .iter()
+            .map(|s| format!("{}/{}", namespace_of(s), s.name_any()))
+            .collect();
+        f.debug_struct("Resources")
+            .field("routes", &self.routes)
+            .field("cookie_translations", &self.cookie_translations)
+            .field("allowlists", &self.allowlists)
+            .field("vault_rules", &self.vault_rules)
+            .field("session_policies", &self.session_policies)
+            .field("secrets", &secrets)
+            .finish()
+    }
+}
+
+/// What `compile()` produces.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// What the proxy serves, without secret values.
+    pub snapshot: Snapshot,
+    /// The secret values the snapshot refers to.
+    pub secrets: SecretSnapshot,
+    /// One report per resource, sorted by kind, namespace and name.
+    pub reports: Vec<Report>,
+}
+
+impl Compiled {
+    /// Reports of resources that are not served.
+    pub fn refused(&self) -> impl Iterator<Item = &Report> {
+        self.reports.iter().filter(|r| !r.is_ready())
+    }
+}
+
+/// Compiles resources and Secrets into a snapshot. See the module docs.
+pub fn compile(input: &Resources) -> Compiled {
+    let secrets = SecretIndex::new(&input.secrets);
+    let mut c = Compiler {
+        secrets: &secrets,
+        used_secrets: BTreeMap::new(),
+        pending_secrets: BTreeMap::new(),
+        reports: Vec::new(),
+        snapshot: Snapshot {
+            format: SNAPSHOT_FORMAT,
+            ..Snapshot::default()
+        },
+    };
+    c.snapshot.cookie_translations = c.compile_kind(
+        &input.cookie_translations,
+        Kind::CookieTranslation,
+        |c, ns, spec, p| {
+            for (i, key) in spec.encryption_keys.iter().enumerate() {
+                c.secret_key(
+                    ns,
+                    key,
+                    &format!("spec.encryptionKeys[{i}]"),
+                    &mut p.secrets,
+                );
+            }
+        },
+    );
+    c.snapshot.allowlists = c.compile_kind(
+        &input.allowlists,
+        Kind::ExternalAllowlist,
+        |c, ns, spec, p| {
+            if let Some(ca) = &spec.ca_bundle {
+                c.secret_key(ns, ca, "spec.caBundle", &mut p.secrets);
+            }
+        },
+    );
+    c.snapshot.vault_rules = c.compile_kind(
+        &input.vault_rules,
+        Kind::TokenVaultRule,
+        |c, ns, spec, p| {
+            if let Some(s) = &spec.source.secret_ref {
+                c.whole_secret(ns, &s.name, "spec.source.secretRef", &mut p.secrets);
+            }
+            if let Some(url) = &spec.source.redis_url {
+                c.secret_key(ns, url, "spec.source.redisUrl", &mut p.secrets);
+            }
+            for (i, key) in spec.source.encryption_keys.iter().enumerate() {
+                c.secret_key(
+                    ns,
+                    key,
+                    &format!("spec.source.encryptionKeys[{i}]"),
+                    &mut p.secrets,
+                );
+            }
+        },
+    );
+    c.snapshot.session_policies = c.compile_kind(
+        &input.session_policies,
+        Kind::SessionChainPolicy,
+        |c, ns, spec, p| {
+            if parse_duration_ms(&spec.ttl).is_none_or(|ms| ms == 0) {
+                p.invalid.push(problem(
+                    "spec.ttl",
+                    "must be a positive duration such as 30m",
+                ));
+            }
+            c.whole_secret(
+                ns,
+                &spec.api_keys_secret_ref.name,
+                "spec.apiKeysSecretRef",
+                &mut p.secrets,
+            );
+            if let Some(s) = &spec.redis_url {
+                c.secret_key(ns, s, "spec.redisUrl", &mut p.secrets);
+            }
+        },
+    );
+    c.compile_routes(&input.routes);
+
+    c.snapshot
+        .routes
+        .sort_by(|a, b| a.path_prefix.cmp(&b.path_prefix));
+    c.reports.sort_by(|a, b| a.object.cmp(&b.object));
+    let snapshot_hash = c.snapshot.hash();
+    Compiled {
+        secrets: SecretSnapshot {
+            format: SNAPSHOT_FORMAT,
+            snapshot_hash,
+            values: c.used_secrets,
+        },
+        snapshot: c.snapshot,
+        reports: c.reports,
+    }
+}
+
+fn problem(field: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Secret data by namespace and name, `stringData` merged over `data` as the API server does.
+struct SecretIndex {
+    by_name: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+}
+
+impl SecretIndex {
+    fn new(secrets: &[Secret]) -> Self {
+        let mut by_name = HashMap::new();
+        for s in secrets {
+            let mut data: BTreeMap<String, Vec<u8>> = s
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect();
+            for (k, v) in s.string_data.iter().flatten() {
+                data.insert(k.clone(), v.clone().into_bytes());
+            }
+            by_name.insert((namespace_of(s), s.name_any()), data);
+        }
+        SecretIndex { by_name }
+    }
+}
+
+fn namespace_of<K: Resource>(r: &K) -> String {
+    r.meta()
+        .namespace
+        .clone()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
+}
+
+struct Compiler<'a> {
+    secrets: &'a SecretIndex,
+    /// Values of the Secrets that served resources use: what the `SecretSnapshot` ships.
+    used_secrets: BTreeMap<SecretId, String>,
+    /// Values read for the resource being compiled; kept only if it is served, so a refused
+    /// resource never puts a secret value in the `SecretSnapshot`.
+    pending_secrets: BTreeMap<SecretId, String>,
+    reports: Vec<Report>,
+    snapshot: Snapshot,
+}
+
+/// What a kind-specific check found, kept apart because they lead to different reasons.
+#[derive(Default)]
+struct Checks {
+    /// Fields that are wrong in themselves: reason `Invalid`.
+    invalid: Vec<Problem>,
+    /// Secrets or keys that are missing or unusable: reason `SecretNotFound`.
+    secrets: Vec<Problem>,
+}
+
+/// The CEL rules of each kind, evaluated here exactly as the API server evaluates them.
+trait Validated: Resource<DynamicType = ()> + Clone {
+    type Spec: Clone;
+    fn spec(&self) -> &Self::Spec;
+    fn cel_problems(&self) -> Vec<Problem>;
+}
+
+macro_rules! validated {
+    ($kind:ty, $spec:ty) => {
+        impl Validated for $kind {
+            type Spec = $spec;
+            fn spec(&self) -> &$spec {
+                &self.spec
+            }
+            fn cel_problems(&self) -> Vec<Problem> {
+                match self.validate_cel() {
+                    Ok(()) => Vec::new(),
+                    Err(errors) => errors
+                        .into_iter()
+                        .map(|e| problem(&e.field_path, e.message))
+                        .collect(),
+                }
+            }
+        }
+    };
+}
+
+validated!(ProxyRoute, crate::resources::ProxyRouteSpec);
+validated!(CookieTranslation, crate::resources::CookieTranslationSpec);
+validated!(ExternalAllowlist, crate::resources::ExternalAllowlistSpec);
+validated!(TokenVaultRule, crate::resources::TokenVaultRuleSpec);
+validated!(SessionChainPolicy, crate::resources::SessionChainPolicySpec);
+
+impl Compiler<'_> {
+    /// Compiles the resources of one kind that routes refer to: duplicates, CEL rules, then
+    /// `check` (Secret references, and what CEL cannot express). Accepted specs are keyed by
+    /// `namespace/name`.
+    fn compile_kind<K: Validated>(
+        &mut self,
+        items: &[K],
+        kind: Kind,
+        check: impl Fn(&mut Self, &str, &K::Spec, &mut Checks),
+    ) -> BTreeMap<String, K::Spec> {
+        let mut out = BTreeMap::new();
+        for (object, item) in self.unique(items, kind) {
+            let problems = item.cel_problems();
+            if !problems.is_empty() {
+                self.refuse(object, item, reasons::INVALID, problems);
+                continue;
+            }
+            let mut checks = Checks::default();
+            check(self, &object.namespace, item.spec(), &mut checks);
+            if !checks.invalid.is_empty() {
+                checks.invalid.extend(checks.secrets);
+                self.refuse(object, item, reasons::INVALID, checks.invalid);
+            } else if !checks.secrets.is_empty() {
+                self.refuse(object, item, reasons::SECRET_NOT_FOUND, checks.secrets);
+            } else {
+                out.insert(
+                    format!("{}/{}", object.namespace, object.name),
+                    item.spec().clone(),
+                );
+                self.accept(object, item);
+            }
+        }
+        out
+    }
+
+    /// The resources of one kind, each with its [`ObjectRef`], in input order. A name defined
+    /// more than once is reported once (reason `Conflict`) and none of its definitions is used:
+    /// which one to keep would depend on the order files are read in.
+    fn unique<'a, K: Resource>(&mut self, items: &'a [K], kind: Kind) -> Vec<(ObjectRef, &'a K)> {
+        let mut copies: BTreeMap<ObjectRef, Vec<&K>> = BTreeMap::new();
+        let mut unique = Vec::new();
+        for item in items {
+            let object = ObjectRef {
+                kind,
+                namespace: namespace_of(item),
+                name: item.meta().name.clone().unwrap_or_default(),
+            };
+            copies.entry(object.clone()).or_default().push(item);
+            unique.push((object, item));
+        }
+        unique.retain(|(object, _)| copies[object].len() == 1);
+        for (object, copies) in copies.into_iter().filter(|(_, c)| c.len() > 1) {
+            let generation = copies.iter().filter_map(|c| c.meta().generation).max();
+            let p = problem(
+                "metadata.name",
+                format!(
+                    "{object} is defined {} times; keep one definition (none of them is served until then)",
+                    copies.len()
+                ),
+            );
+            self.push_refusal(object, generation, reasons::CONFLICT, vec![p]);
+        }
+        unique
+    }
+
+    fn compile_routes(&mut self, routes: &[ProxyRoute]) {
+        // Older routes claim their prefix first; namespace/name breaks ties so the result never
+        // depends on the order the inputs arrive in. A route without a creation time (a manifest
+        // not yet applied) counts as the newest.
+        let mut ordered = self.unique(routes, Kind::ProxyRoute);
+        ordered.sort_by_key(|(object, r)| {
+            let created = r.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            (created.is_none(), created, object.clone())
+        });
+        let mut claimed: HashMap<String, &ProxyRoute> = HashMap::new();
+        for (object, route) in ordered {
+            let id = format!("{}/{}", object.namespace, object.name);
+            let compiled = match self.compile_route(route, &object.namespace, &id) {
+                Ok(r) => r,
+                Err((reason, problems)) => {
+                    self.refuse(object, route, reason, problems);
+                    continue;
+                }
+            };
+            if let Some(owner) = claimed.get(&compiled.path_prefix) {
+                let p = problem(
+                    "spec.pathPrefix",
+                    conflict_message(&compiled.path_prefix, route, owner),
+                );
+                self.refuse(object, route, reasons::CONFLICT, vec![p]);
+                continue;
+            }
+            claimed.insert(compiled.path_prefix.clone(), route);
+            self.accept(object, route);
+            self.snapshot.routes.push(compiled);
+        }
+    }
+
+    fn compile_route(
+        &mut self,
+        route: &ProxyRoute,
+        ns: &str,
+        id: &str,
+    ) -> Result<Route, (&'static str, Vec<Problem>)> {
+        let problems = route.cel_problems();
+        if !problems.is_empty() {
+            return Err((reasons::INVALID, problems));
+        }
+        let spec = &route.spec;
+        let mut invalid = Vec::new();
+
+        let path_prefix = normalize_prefix(
+            spec.path_prefix
+                .clone()
+                .unwrap_or_else(|| format!("/{ns}/{}", route.name_any())),
+        );
+        // The CEL rules already demand exactly one destination; checking again here keeps a
+        // gap in CEL evaluation from ever becoming a panic in the proxy.
+        let destination = match (&spec.upstream, &spec.allowlist_ref) {
+            (Some(url), None) => match check_upstream(url) {
+                Ok(url) => Some(Destination::Upstream { url }),
+                Err(msg) => {
+                    invalid.push(problem("spec.upstream", msg));
+                    None
+                }
+            },
+            (None, Some(allowlist)) => Some(Destination::Allowlist {
+                allowlist: format!("{ns}/{allowlist}"),
+            }),
+            _ => {
+                invalid.push(problem(
+                    "spec",
+                    "set exactly one of upstream or allowlistRef",
+                ));
+                None
+            }
+        };
+        let timeouts = spec.timeouts.clone().unwrap_or_default();
+        let connect_timeout_ms = duration_or(
+            &timeouts.connect,
+            DEFAULT_CONNECT_TIMEOUT_MS,
+            "spec.timeouts.connect",
+            &mut invalid,
+        );
+        let request_timeout_ms = duration_or(
+            &timeouts.request,
+            DEFAULT_REQUEST_TIMEOUT_MS,
+            "spec.timeouts.request",
+            &mut invalid,
+        );
+        let Some(destination) = destination.filter(|_| invalid.is_empty()) else {
+            return Err((reasons::INVALID, invalid));
+        };
+
+        let mut refs = Vec::new();
+        let mut reason = reasons::REF_NOT_FOUND;
+        let mut resolve = |field: &str,
+                           name: &Option<String>,
+                           kind: Kind,
+                           present: &dyn Fn(&str) -> bool|
+         -> Option<String> {
+            let name = name.as_ref()?;
+            if name.contains('/') {
+                reason = reasons::REF_NOT_PERMITTED;
+                refs.push(problem(field, format!("{name:?} points outside namespace {ns}: a route may only reference a {} in its own namespace; create one in {ns}", kind.as_str())));
+                return None;
+            }
+            let key = format!("{ns}/{name}");
+            if !present(&key) {
+                refs.push(problem(
+                    field,
+                    format!(
+                        "{} {key} does not exist or is not Ready; create it or fix the name",
+                        kind.as_str()
+                    ),
+                ));
+            }
+            Some(key)
+        };
+        let snap = &self.snapshot;
+        let cookie_translation = resolve(
+            "spec.cookieTranslationRef",
+            &spec.cookie_translation_ref,
+            Kind::CookieTranslation,
+            &|k| snap.cookie_translations.contains_key(k),
+        );
+        let session_chain = resolve(
+            "spec.sessionChainRef",
+            &spec.session_chain_ref,
+            Kind::SessionChainPolicy,
+            &|k| snap.session_policies.contains_key(k),
+        );
+        resolve(
+            "spec.allowlistRef",
+            &spec.allowlist_ref,
+            Kind::ExternalAllowlist,
+            &|k| snap.allowlists.contains_key(k),
+        );
+        let vault_rules: Vec<String> = spec
+            .vault_rule_refs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                resolve(
+                    &format!("spec.vaultRuleRefs[{i}]"),
+                    &Some(r.clone()),
+                    Kind::TokenVaultRule,
+                    &|k| snap.vault_rules.contains_key(k),
+                )
+            })
+            .collect();
+        if !refs.is_empty() {
+            return Err((reason, refs));
+        }
+
+        let mut missing = Vec::new();
+        let mut forward_headers = Vec::new();
+        for (i, h) in spec.forward_headers.iter().enumerate() {
+            let value = match (&h.value, &h.value_from) {
+                (Some(v), None) => HeaderValue::Literal { literal: v.clone() },
+                (None, Some(r)) => match self.secret_key(
+                    ns,
+                    r,
+                    &format!("spec.forwardHeaders[{i}].valueFrom"),
+                    &mut missing,
+                ) {
+                    Some(secret) => HeaderValue::Secret { secret },
+                    None => continue,
+                },
+                _ => {
+                    return Err((
+                        reasons::INVALID,
+                        vec![problem(
+                            &format!("spec.forwardHeaders[{i}]"),
+                            "set exactly one of value or valueFrom",
+                        )],
+                    ));
+                }
+            };
+            forward_headers.push(InjectedHeader {
+                name: h.name.to_ascii_lowercase(),
+                value,
+            });
+        }
+        let ca_bundle = spec
+            .tls
+            .as_ref()
+            .and_then(|t| t.ca_bundle.as_ref())
+            .and_then(|r| self.secret_key(ns, r, "spec.tls.caBundle", &mut missing));
+        if let Some(api_key) = &spec.api_key {
+            self.whole_secret(
+                ns,
+                &api_key.keys_secret_ref.name,
+                "spec.apiKey.keysSecretRef",
+                &mut missing,
+            );
+        }
+        if !missing.is_empty() {
+            return Err((reasons::SECRET_NOT_FOUND, missing));
+        }
+
+        Ok(Route {
+            id: id.to_string(),
+            path_prefix,
+            methods: spec
+                .methods
+                .iter()
+                .map(|m| m.as_str().to_string())
+                .collect(),
+            destination,
+            strip_prefix: spec.strip_prefix,
+            connect_timeout_ms,
+            request_timeout_ms,
+            body_limit: spec.body_limit.map_or(DEFAULT_BODY_LIMIT, |b| b as u64),
+            content_types: spec
+                .content_types
+                .iter()
+                .map(|t| t.to_ascii_lowercase())
+                .collect(),
+            forward_headers,
+            expose_headers: spec
+                .expose_headers
+                .iter()
+                .map(|h| RenamedHeader {
+                    from: h.name.to_ascii_lowercase(),
+                    to: h.rename.as_deref().unwrap_or(&h.name).to_ascii_lowercase(),
+                })
+                .collect(),
+            cookie_passthrough: spec.cookie_passthrough,
+            ca_bundle,
+            upstream_protocol: spec.upstream_protocol,
+            cors: spec.cors.clone(),
+            csrf: spec.csrf.clone(),
+            auth: spec.auth,
+            api_key: spec.api_key.clone(),
+            cookie_translation,
+            session_chain,
+            vault_rules,
+            rate_limit: spec.rate_limit.clone(),
+        })
+    }
+
+    /// Resolves one Secret key, records its value for the secret snapshot, and returns its id.
+    fn secret_key(
+        &mut self,
+        ns: &str,
+        r: &SecretKeyRef,
+        field: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<SecretId> {
+        let Some(data) = self.secrets.by_name.get(&(ns.to_string(), r.name.clone())) else {
+            problems.push(problem(
+                field,
+                format!(
+                    "Secret {ns}/{} does not exist; create it or fix the name",
+                    r.name
+                ),
+            ));
+            return None;
+        };
+        let Some(bytes) = data.get(&r.key) else {
+            problems.push(problem(
+                field,
+                format!(
+                    "Secret {ns}/{} has no key {:?}; add the key or fix the reference",
+                    r.name, r.key
+                ),
+            ));
+            return None;
+        };
+        let Ok(value) = String::from_utf8(bytes.clone()) else {
+            problems.push(problem(
+                field,
+                format!(
+                    "Secret {ns}/{} key {:?} is not UTF-8 text; store the value as text",
+                    r.name, r.key
+                ),
+            ));
+            return None;
+        };
+        let id = secret_id(ns, &r.name, &r.key);
+        self.pending_secrets.insert(id.clone(), value);
+        Some(id)
+    }
+
+    /// Resolves every key of a Secret, recording each value.
+    fn whole_secret(&mut self, ns: &str, name: &str, field: &str, problems: &mut Vec<Problem>) {
+        let Some(data) = self
+            .secrets
+            .by_name
+            .get(&(ns.to_string(), name.to_string()))
+        else {
+            problems.push(problem(
+                field,
+                format!("Secret {ns}/{name} does not exist; create it or fix the name"),
+            ));
+            return;
+        };
+        let keys: Vec<String> = data.keys().cloned().collect();
+        for key in keys {
+            let r = SecretKeyRef {
+                name: name.to_string(),
+                key,
+            };
+            self.secret_key(ns, &r, field, problems);
+        }
+    }
+
+    fn accept<K: Resource>(&mut self, object: ObjectRef, item: &K) {
+        self.used_secrets.append(&mut self.pending_secrets);
+        self.reports.push(Report {
+            message: format!("{} is served", object),
+            object,
+            generation: item.meta().generation,
+            reason: reasons::ACCEPTED,
+            problems: Vec::new(),
+        });
+    }
+
+    fn refuse<K: Resource>(
+        &mut self,
+        object: ObjectRef,
+        item: &K,
+        reason: &'static str,
+        problems: Vec<Problem>,
+    ) {
+        self.push_refusal(object, item.meta().generation, reason, problems);
+    }
+
+    fn push_refusal(
+        &mut self,
+        object: ObjectRef,
+        generation: Option<i64>,
+        reason: &'static str,
+        problems: Vec<Problem>,
+    ) {
+        self.pending_secrets.clear();
+        let message = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.reports.push(Report {
+            object,
+            generation,
+            reason,
+            message,
+            problems,
+        });
+    }
+}
+
+/// Why `loser` may not have `prefix`: `winner` has it, and which rule decided.
+fn conflict_message(prefix: &str, loser: &ProxyRoute, winner: &ProxyRoute) -> String {
+    let id = |r: &ProxyRoute| format!("{}/{}", namespace_of(r), r.name_any());
+    let written = loser.spec.path_prefix.as_deref().unwrap_or(prefix);
+    let same = if written == prefix {
+        String::new()
+    } else {
+        format!(" (the same as {prefix})")
+    };
+    let created = |r: &ProxyRoute| r.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let why = match (created(winner), created(loser)) {
+        (Some(w), Some(l)) if w < l => "which is older",
+        (Some(_), None) => "which already exists in the cluster",
+        _ => "which comes first by namespace/name as neither is older",
+    };
+    format!(
+        "path prefix {written}{same} is already served by ProxyRoute {}, {why}; choose another pathPrefix",
+        id(winner)
+    )
+}
+
+fn duration_or(
+    value: &Option<String>,
+    default: u64,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> u64 {
+    match value.as_deref().map(parse_duration_ms) {
+        None => default,
+        Some(Some(ms)) if ms > 0 => ms,
+        Some(_) => {
+            problems.push(problem(
+                field,
+                "must be a positive duration such as 250ms, 30s or 5m",
+            ));
+            default
+        }
+    }
+}
+
+/// Trailing slashes do not make a different prefix: `/api/` and `/api` claim the same paths.
+fn normalize_prefix(prefix: String) -> String {
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// An upstream must be an absolute http(s) URL with a host, no userinfo, query or fragment.
+/// Returns it without a trailing `/` so the request path can be appended as is.
+fn check_upstream(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw).map_err(|e| {
+        format!("{raw:?} is not a valid URL ({e}); use e.g. https://api.example.com/v1")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "scheme {:?} is not supported; use http or https",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host; use e.g. https://api.example.com".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "the URL must not carry credentials; inject them with forwardHeaders from a Secret"
+                .into(),
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("the URL must not have a query or fragment".into());
+    }
+    let s = url.as_str();
+    Ok(s.strip_suffix('/').unwrap_or(s).to_string())
+}

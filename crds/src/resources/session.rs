@@ -1,0 +1,116 @@
+//! `SessionChainPolicy`: the hash chain that refuses copied and replayed requests.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{SecretKeyRef, SecretRef, Status};
+use super::vault::StoreKind;
+
+/// A hash-chain session protocol: a session is created with an app's API key, and every later
+/// request must carry the next link of the chain, checked atomically across replicas.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "keygate.dev",
+    version = "v1alpha1",
+    kind = "SessionChainPolicy",
+    namespaced,
+    cel,
+    status = "Status",
+    shortname = "kgchain",
+    category = "keygate",
+    doc = "A hash-chain session protocol that refuses copied and replayed requests.",
+    printcolumn = r#"{"name":"Create","type":"string","jsonPath":".spec.createPath"}"#,
+    printcolumn = r#"{"name":"Store","type":"string","jsonPath":".spec.store"}"#,
+    printcolumn = r#"{"name":"TTL","type":"string","jsonPath":".spec.ttl"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.store != 'none'").message("store must be memory or redis"))]
+#[x_kube(validation = Rule::new("self.store != 'redis' || has(self.redisUrl)").message("store: redis needs redisUrl"))]
+pub struct SessionChainPolicySpec {
+    /// Header names of the protocol.
+    #[serde(default)]
+    pub headers: ChainHeaders,
+    /// Full path on the proxy that creates a session, e.g. `/session`.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("createPath must start with '/'"))]
+    pub create_path: String,
+    /// Secret whose keys are app names and whose values are that app's API keys, one per line
+    /// (several for rotation). Keygate keeps only SHA-256 hashes.
+    pub api_keys_secret_ref: SecretRef,
+    /// How long a session lives without requests, e.g. `30m`. Default `30m`.
+    #[serde(default = "default_ttl")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new(super::common::DURATION_RULE).message(super::common::DURATION_MESSAGE))]
+    pub ttl: String,
+    /// Where sessions live: `memory` (one replica) or `redis` (shared). Default `memory`.
+    #[serde(default = "default_store")]
+    pub store: StoreKind,
+    /// Redis URL (`redis://` or `rediss://`, password included) for `store: redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<SecretKeyRef>,
+    /// Hash function of the chain. Only `sha256`.
+    #[serde(default)]
+    pub hash: ChainHash,
+}
+
+fn default_ttl() -> String {
+    "30m".into()
+}
+fn default_store() -> StoreKind {
+    StoreKind::Memory
+}
+
+/// Header names of the session-chain protocol.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainHeaders {
+    /// App API key header. Default `x-api-key`.
+    #[serde(default = "default_api_key")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("apiKey must be an HTTP header name"))]
+    pub api_key: String,
+    /// Session id header. Default `x-session-id`.
+    #[serde(default = "default_session_id")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("sessionId must be an HTTP header name"))]
+    pub session_id: String,
+    /// Next chain link header. Default `x-request-id`.
+    #[serde(default = "default_request_id")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("requestId must be an HTTP header name"))]
+    pub request_id: String,
+}
+
+impl Default for ChainHeaders {
+    fn default() -> Self {
+        ChainHeaders {
+            api_key: default_api_key(),
+            session_id: default_session_id(),
+            request_id: default_request_id(),
+        }
+    }
+}
+
+fn default_api_key() -> String {
+    "x-api-key".into()
+}
+fn default_session_id() -> String {
+    "x-session-id".into()
+}
+fn default_request_id() -> String {
+    "x-request-id".into()
+}
+
+/// Hash function of the chain.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainHash {
+    /// SHA-256, hex encoded.
+    #[default]
+    Sha256,
+}

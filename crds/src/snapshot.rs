@@ -1,0 +1,230 @@
+//! What `compile()` produces and the proxy serves: plain data, no Kubernetes types, no secret
+//! values in [`Snapshot`] (those live in [`SecretSnapshot`] and are referenced by [`SecretId`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::resources::{
+    allowlist::ExternalAllowlistSpec,
+    cookie::CookieTranslationSpec,
+    route::{ApiKeyAuth, AuthMode, Cors, Csrf, RateLimit, UpstreamProtocol},
+    session::SessionChainPolicySpec,
+    vault::TokenVaultRuleSpec,
+};
+
+/// Version of the snapshot format; a proxy refuses snapshots of a format it does not know.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// File (ConfigMap key) holding the snapshot JSON.
+pub const SNAPSHOT_FILE: &str = "snapshot.json";
+/// File (Secret key) holding the secret snapshot JSON.
+pub const SECRETS_FILE: &str = "secrets.json";
+
+/// `namespace/name/key` of a Secret value; the only way a snapshot refers to a secret.
+pub type SecretId = String;
+
+/// Builds the [`SecretId`] of a Secret key.
+pub fn secret_id(namespace: &str, name: &str, key: &str) -> SecretId {
+    format!("{namespace}/{name}/{key}")
+}
+
+/// Everything the proxy serves, except secret values. Serializes deterministically.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// [`SNAPSHOT_FORMAT`] of the producer.
+    pub format: u32,
+    /// Routes, sorted by path prefix.
+    pub routes: Vec<Route>,
+    /// Cookie translations by `namespace/name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cookie_translations: BTreeMap<String, CookieTranslationSpec>,
+    /// Allowlists by `namespace/name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allowlists: BTreeMap<String, ExternalAllowlistSpec>,
+    /// Vault rules by `namespace/name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vault_rules: BTreeMap<String, TokenVaultRuleSpec>,
+    /// Session-chain policies by `namespace/name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub session_policies: BTreeMap<String, SessionChainPolicySpec>,
+}
+
+impl Snapshot {
+    /// Canonical JSON bytes: struct fields in declaration order, maps sorted, so equal
+    /// snapshots give equal bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("snapshot types always serialize")
+    }
+
+    /// SHA-256 of [`Snapshot::to_json`], hex.
+    pub fn hash(&self) -> String {
+        hex::encode(Sha256::digest(self.to_json()))
+    }
+
+    /// Every [`SecretId`] the snapshot refers to.
+    pub fn secret_ids(&self) -> impl Iterator<Item = &SecretId> {
+        self.routes.iter().flat_map(Route::secret_ids)
+    }
+}
+
+/// One compiled `ProxyRoute`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// `namespace/name` of the `ProxyRoute`; the `route` label in metrics and errors.
+    pub id: String,
+    /// Normalized prefix: starts with `/`, no trailing `/` except for the root.
+    pub path_prefix: String,
+    /// Upper-case methods; empty allows all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Where requests go.
+    pub destination: Destination,
+    /// Remove the prefix before appending the path to the destination.
+    pub strip_prefix: bool,
+    /// Connect limit in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Limit to response headers in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Largest request body in bytes.
+    pub body_limit: u64,
+    /// Lower-case media types accepted; empty accepts any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content_types: Vec<String>,
+    /// Headers set on upstream requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_headers: Vec<InjectedHeader>,
+    /// Upstream response headers renamed for the browser.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<RenamedHeader>,
+    /// Let `Cookie` and `Set-Cookie` through.
+    #[serde(default)]
+    pub cookie_passthrough: bool,
+    /// Extra CA bundle (PEM) trusted for this upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<SecretId>,
+    /// Protocol to the upstream.
+    pub upstream_protocol: UpstreamProtocol,
+    /// CORS settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+    /// CSRF settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csrf: Option<Csrf>,
+    /// Authentication mode.
+    pub auth: AuthMode,
+    /// API-key settings for `auth: apiKey`; keys are secret values under `api_key_secrets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyAuth>,
+    /// `namespace/name` of the cookie translation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_translation: Option<String>,
+    /// `namespace/name` of the session-chain policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_chain: Option<String>,
+    /// `namespace/name` of each vault rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vault_rules: Vec<String>,
+    /// Rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl Route {
+    /// Every [`SecretId`] this route refers to.
+    pub fn secret_ids(&self) -> impl Iterator<Item = &SecretId> {
+        self.forward_headers
+            .iter()
+            .filter_map(|h| match &h.value {
+                HeaderValue::Secret { secret } => Some(secret),
+                HeaderValue::Literal { .. } => None,
+            })
+            .chain(self.ca_bundle.iter())
+    }
+}
+
+/// Where a route's requests go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum Destination {
+    /// A fixed base URL.
+    Upstream {
+        /// Absolute http(s) base URL, no trailing `/` unless it is the whole path.
+        url: String,
+    },
+    /// Chosen by the client, checked against an allowlist.
+    Allowlist {
+        /// `namespace/name` of the allowlist.
+        allowlist: String,
+    },
+}
+
+/// A header set on upstream requests.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectedHeader {
+    /// Lower-case header name.
+    pub name: String,
+    /// Where its value comes from.
+    pub value: HeaderValue,
+}
+
+/// A header value: plain text in the snapshot, or a reference into the secret snapshot.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", untagged)]
+pub enum HeaderValue {
+    /// Written in the resource.
+    Literal {
+        /// The value.
+        literal: String,
+    },
+    /// From a Secret.
+    Secret {
+        /// The Secret key holding it.
+        secret: SecretId,
+    },
+}
+
+/// An upstream response header passed on under another name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RenamedHeader {
+    /// Lower-case upstream name.
+    pub from: String,
+    /// Lower-case name the browser sees.
+    pub to: String,
+}
+
+/// Secret values a snapshot refers to, keyed by [`SecretId`]; shipped as a Kubernetes Secret.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretSnapshot {
+    /// [`SNAPSHOT_FORMAT`] of the producer.
+    pub format: u32,
+    /// [`Snapshot::hash`] of the snapshot these values belong to: a proxy never pairs a
+    /// snapshot with the secrets of another.
+    pub snapshot_hash: String,
+    /// Values by id.
+    pub values: BTreeMap<SecretId, String>,
+}
+
+impl SecretSnapshot {
+    /// Canonical JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("secret snapshot types always serialize")
+    }
+}
+
+/// Never prints values: a secret snapshot in a log line shows only which ids it holds.
+impl std::fmt::Debug for SecretSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSnapshot")
+            .field("format", &self.format)
+            .field("snapshot_hash", &self.snapshot_hash)
+            .field("ids", &self.values.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}

@@ -1,0 +1,724 @@
+//! `compile()`: manifests in, exact snapshot and reports out, one test per cross-object rule.
+
+mod common;
+
+use common::{
+    compile_docs, created, doc, parse, problem_lines, report, secret, served_routes, shop,
+};
+use keygate_crds::report::reasons;
+use keygate_crds::{Compiled, Kind, compile};
+use pretty_assertions::assert_eq;
+use serde_json::{Value, json};
+
+fn route(name: &str, spec: &str) -> String {
+    shop("ProxyRoute", name, spec)
+}
+
+/// Secret values used below; none may ever appear outside `SecretSnapshot.values`.
+const UPSTREAM_KEY: &str = "sk_live_do-not-leak-51H";
+const APP_KEY: &str = "app-key-do-not-leak-7Q";
+const TOKEN: &str = r#"{"data":"4111111111111111","classification":"pci"}"#;
+const AES_KEY: &str = "c2VjcmV0LWFlcy1rZXktZG8tbm90LWxlYWstMzJieXQ=";
+const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB-do-not-leak\n-----END CERTIFICATE-----\n";
+
+/// Every kind, every kind of reference, and the Secrets they name.
+fn full_setup() -> Vec<String> {
+    vec![
+        secret("upstream", &[("api-key", UPSTREAM_KEY)]),
+        secret("app-keys", &[("web", APP_KEY), ("mobile", "m-key-do-not-leak")]),
+        secret("tokens", &[("tok_1", TOKEN)]),
+        secret("cookie-key", &[("k1", AES_KEY)]),
+        secret("ca", &[("ca.crt", CA)]),
+        secret("unused", &[("x", "unused-do-not-leak")]),
+        shop(
+            "CookieTranslation",
+            "login",
+            "
+            header: {name: Authorization, template: 'Bearer {token}'}
+            sessionStart: {path: /api/session/start, tokenPointer: /result/session/token, responsePointer: /result}
+            encryptionKeys: [{name: cookie-key, key: k1}]",
+        ),
+        shop("ExternalAllowlist", "partners", "{targetUrlHeader: BT-PROXY-URL, hosts: ['*.partner.example']}"),
+        shop(
+            "TokenVaultRule",
+            "cards",
+            "
+            source: {secretRef: {name: tokens}}
+            permissions: [{classification: pci, locations: [body]}]",
+        ),
+        shop("SessionChainPolicy", "chain", "{createPath: /session, apiKeysSecretRef: {name: app-keys}}"),
+        route(
+            "payments",
+            "
+            pathPrefix: /api/payments/
+            upstream: https://API.Example.com/v1/
+            methods: [POST, GET]
+            contentTypes: [Application/JSON]
+            bodyLimit: 1024
+            timeouts: {connect: 2s}
+            forwardHeaders:
+            - {name: X-Api-Key, valueFrom: {name: upstream, key: api-key}}
+            - {name: X-Client, value: keygate}
+            exposeHeaders: [{name: Location, as: X-WHIP-Resource}]
+            tls: {caBundle: {name: ca, key: ca.crt}}
+            auth: cookie
+            cookieTranslationRef: login
+            vaultRuleRefs: [cards]",
+        ),
+        route(
+            "partner",
+            "
+            allowlistRef: partners
+            stripPrefix: false
+            auth: sessionChain
+            sessionChainRef: chain",
+        ),
+    ]
+}
+
+#[test]
+fn full_setup_compiles_to_this_exact_snapshot() {
+    let compiled = compile_docs(&full_setup());
+    let snapshot: Value = serde_json::from_slice(&compiled.snapshot.to_json()).unwrap();
+    assert_eq!(
+        snapshot,
+        json!({
+            "format": 1,
+            "routes": [
+                {
+                    "id": "shop/payments",
+                    "pathPrefix": "/api/payments",
+                    "methods": ["POST", "GET"],
+                    "destination": {"type": "upstream", "url": "https://api.example.com/v1"},
+                    "stripPrefix": true,
+                    "connectTimeoutMs": 2000,
+                    "requestTimeoutMs": 30000,
+                    "bodyLimit": 1024,
+                    "contentTypes": ["application/json"],
+                    "forwardHeaders": [
+                        {"name": "x-api-key", "value": {"secret": "shop/upstream/api-key"}},
+                        {"name": "x-client", "value": {"literal": "keygate"}},
+                    ],
+                    "exposeHeaders": [{"from": "location", "to": "x-whip-resource"}],
+                    "cookiePassthrough": false,
+                    "caBundle": "shop/ca/ca.crt",
+                    "upstreamProtocol": "auto",
+                    "auth": "cookie",
+                    "cookieTranslation": "shop/login",
+                    "vaultRules": ["shop/cards"],
+                },
+                {
+                    "id": "shop/partner",
+                    "pathPrefix": "/shop/partner",
+                    "destination": {"type": "allowlist", "allowlist": "shop/partners"},
+                    "stripPrefix": false,
+                    "connectTimeoutMs": 5000,
+                    "requestTimeoutMs": 30000,
+                    "bodyLimit": 10485760,
+                    "cookiePassthrough": false,
+                    "upstreamProtocol": "auto",
+                    "auth": "sessionChain",
+                    "sessionChain": "shop/chain",
+                },
+            ],
+            "cookieTranslations": {
+                "shop/login": {
+                    "cookie": {"name": "keygate_session", "hostPrefix": false, "secure": true, "sameSite": "Lax", "path": "/"},
+                    "header": {"name": "Authorization", "template": "Bearer {token}"},
+                    "sessionStart": {
+                        "path": "/api/session/start",
+                        "method": "POST",
+                        "tokenPointer": "/result/session/token",
+                        "responsePointer": "/result",
+                    },
+                    "storage": "auto",
+                    "encryptionKeys": [{"name": "cookie-key", "key": "k1"}],
+                },
+            },
+            "allowlists": {
+                "shop/partners": {
+                    "targetUrlHeader": "BT-PROXY-URL",
+                    "hosts": ["*.partner.example"],
+                    "ports": [443],
+                    "schemes": ["https"],
+                    "minTls": "1.2",
+                },
+            },
+            "vaultRules": {
+                "shop/cards": {
+                    "source": {"secretRef": {"name": "tokens"}, "store": "none"},
+                    "permissions": [{"classification": "pci", "locations": ["body"]}],
+                    "maxTokensPerRequest": 100,
+                },
+            },
+            "sessionPolicies": {
+                "shop/chain": {
+                    "headers": {"apiKey": "x-api-key", "sessionId": "x-session-id", "requestId": "x-request-id"},
+                    "createPath": "/session",
+                    "apiKeysSecretRef": {"name": "app-keys"},
+                    "ttl": "30m",
+                    "store": "memory",
+                    "hash": "sha256",
+                },
+            },
+        })
+    );
+    let values: Vec<(&str, &str)> = compiled
+        .secrets
+        .values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            ("shop/app-keys/mobile", "m-key-do-not-leak"),
+            ("shop/app-keys/web", APP_KEY),
+            ("shop/ca/ca.crt", CA),
+            ("shop/cookie-key/k1", AES_KEY),
+            ("shop/tokens/tok_1", TOKEN),
+            ("shop/upstream/api-key", UPSTREAM_KEY),
+        ]
+    );
+    assert_eq!(compiled.secrets.snapshot_hash, compiled.snapshot.hash());
+    let reports: Vec<(String, &str, &str)> = compiled
+        .reports
+        .iter()
+        .map(|r| (r.object.to_string(), r.reason, r.message.as_str()))
+        .collect();
+    assert_eq!(
+        reports,
+        [
+            (
+                "ProxyRoute/shop/partner".to_string(),
+                "Accepted",
+                "ProxyRoute/shop/partner is served"
+            ),
+            (
+                "ProxyRoute/shop/payments".to_string(),
+                "Accepted",
+                "ProxyRoute/shop/payments is served"
+            ),
+            (
+                "CookieTranslation/shop/login".to_string(),
+                "Accepted",
+                "CookieTranslation/shop/login is served"
+            ),
+            (
+                "ExternalAllowlist/shop/partners".to_string(),
+                "Accepted",
+                "ExternalAllowlist/shop/partners is served"
+            ),
+            (
+                "TokenVaultRule/shop/cards".to_string(),
+                "Accepted",
+                "TokenVaultRule/shop/cards is served"
+            ),
+            (
+                "SessionChainPolicy/shop/chain".to_string(),
+                "Accepted",
+                "SessionChainPolicy/shop/chain is served"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn default_path_prefix_is_namespace_and_name() {
+    let compiled = compile_docs(&[
+        doc(
+            "ProxyRoute",
+            "billing/invoices",
+            "upstream: https://billing.example",
+        ),
+        doc(
+            "ProxyRoute",
+            "no-namespace",
+            "upstream: https://other.example",
+        ),
+    ]);
+    let prefixes: Vec<(&str, &str)> = compiled
+        .snapshot
+        .routes
+        .iter()
+        .map(|r| (r.id.as_str(), r.path_prefix.as_str()))
+        .collect();
+    assert_eq!(
+        prefixes,
+        [
+            ("billing/invoices", "/billing/invoices"),
+            ("default/no-namespace", "/default/no-namespace")
+        ]
+    );
+}
+
+/// Asserts the route `t` is refused with `reason` and exactly `lines`, and route `fine` served.
+fn assert_route_refused(
+    mut docs: Vec<String>,
+    t_spec: &str,
+    reason: &str,
+    lines: &[&str],
+) -> Compiled {
+    docs.push(route("t", t_spec));
+    docs.push(route("fine", "upstream: https://fine.example"));
+    let compiled = compile_docs(&docs);
+    assert_eq!(problem_lines(&compiled, Kind::ProxyRoute, "t"), lines);
+    assert_eq!(report(&compiled, Kind::ProxyRoute, "t").reason, reason);
+    assert_eq!(
+        served_routes(&compiled),
+        ["shop/fine"],
+        "a bad route must not block the others"
+    );
+    compiled
+}
+
+#[test]
+fn missing_referenced_resources_are_ref_not_found() {
+    assert_route_refused(
+        vec![],
+        "
+        allowlistRef: partners
+        auth: cookie
+        cookieTranslationRef: login
+        vaultRuleRefs: [cards]",
+        reasons::REF_NOT_FOUND,
+        &[
+            "ProxyRoute/shop/t: spec.cookieTranslationRef: CookieTranslation shop/login does not exist or is not Ready; create it or fix the name",
+            "ProxyRoute/shop/t: spec.allowlistRef: ExternalAllowlist shop/partners does not exist or is not Ready; create it or fix the name",
+            "ProxyRoute/shop/t: spec.vaultRuleRefs[0]: TokenVaultRule shop/cards does not exist or is not Ready; create it or fix the name",
+        ],
+    );
+    assert_route_refused(
+        vec![],
+        "{upstream: 'https://a.example', auth: sessionChain, sessionChainRef: chain}",
+        reasons::REF_NOT_FOUND,
+        &[
+            "ProxyRoute/shop/t: spec.sessionChainRef: SessionChainPolicy shop/chain does not exist or is not Ready; create it or fix the name",
+        ],
+    );
+}
+
+#[test]
+fn a_reference_in_another_namespace_is_not_found() {
+    let elsewhere = doc(
+        "SessionChainPolicy",
+        "other/chain",
+        "{createPath: /s, apiKeysSecretRef: {name: k}}",
+    );
+    assert_route_refused(
+        vec![elsewhere],
+        "{upstream: 'https://a.example', auth: sessionChain, sessionChainRef: chain}",
+        reasons::REF_NOT_FOUND,
+        &[
+            "ProxyRoute/shop/t: spec.sessionChainRef: SessionChainPolicy shop/chain does not exist or is not Ready; create it or fix the name",
+        ],
+    );
+}
+
+#[test]
+fn a_reference_to_a_refused_resource_refuses_the_route_only() {
+    let broken = shop(
+        "CookieTranslation",
+        "login",
+        "{header: {name: Authorization, template: 'no placeholder'}, sessionStart: {path: /login, tokenPointer: /t}}",
+    );
+    let compiled = assert_route_refused(
+        vec![broken],
+        "{upstream: 'https://a.example', auth: cookie, cookieTranslationRef: login}",
+        reasons::REF_NOT_FOUND,
+        &[
+            "ProxyRoute/shop/t: spec.cookieTranslationRef: CookieTranslation shop/login does not exist or is not Ready; create it or fix the name",
+        ],
+    );
+    assert_eq!(
+        report(&compiled, Kind::CookieTranslation, "login").reason,
+        reasons::INVALID
+    );
+    assert!(compiled.snapshot.cookie_translations.is_empty());
+}
+
+#[test]
+fn references_into_another_namespace_are_not_permitted() {
+    assert_route_refused(
+        vec![doc(
+            "ExternalAllowlist",
+            "other/partners",
+            "hosts: [a.example]",
+        )],
+        "allowlistRef: other/partners",
+        reasons::REF_NOT_PERMITTED,
+        &[
+            "ProxyRoute/shop/t: spec.allowlistRef: \"other/partners\" points outside namespace shop: a route may only reference a ExternalAllowlist in its own namespace; create one in shop",
+        ],
+    );
+}
+
+#[test]
+fn a_missing_secret_is_named_and_its_values_are_not() {
+    let compiled = assert_route_refused(
+        vec![secret("upstream", &[("other-key", UPSTREAM_KEY)])],
+        "
+        upstream: https://a.example
+        forwardHeaders:
+        - {name: x-api-key, valueFrom: {name: upstream, key: api-key}}
+        - {name: x-org, valueFrom: {name: org, key: id}}",
+        reasons::SECRET_NOT_FOUND,
+        &[
+            "ProxyRoute/shop/t: spec.forwardHeaders[0].valueFrom: Secret shop/upstream has no key \"api-key\"; add the key or fix the reference",
+            "ProxyRoute/shop/t: spec.forwardHeaders[1].valueFrom: Secret shop/org does not exist; create it or fix the name",
+        ],
+    );
+    assert_no_secret_value_outside_the_secret_snapshot(&compiled, &[UPSTREAM_KEY]);
+}
+
+#[test]
+fn secrets_of_the_other_kinds_are_checked_too() {
+    let compiled = compile_docs(&[
+        shop(
+            "SessionChainPolicy",
+            "chain",
+            "{createPath: /s, apiKeysSecretRef: {name: app-keys}, store: redis, redisUrl: {name: redis, key: url}}",
+        ),
+        shop(
+            "ExternalAllowlist",
+            "partners",
+            "{hosts: [a.example], caBundle: {name: ca, key: ca.crt}}",
+        ),
+    ]);
+    assert_eq!(
+        problem_lines(&compiled, Kind::SessionChainPolicy, "chain"),
+        [
+            "SessionChainPolicy/shop/chain: spec.apiKeysSecretRef: Secret shop/app-keys does not exist; create it or fix the name",
+            "SessionChainPolicy/shop/chain: spec.redisUrl: Secret shop/redis does not exist; create it or fix the name",
+        ]
+    );
+    assert_eq!(
+        report(&compiled, Kind::SessionChainPolicy, "chain").reason,
+        reasons::SECRET_NOT_FOUND
+    );
+    assert_eq!(
+        problem_lines(&compiled, Kind::ExternalAllowlist, "partners"),
+        [
+            "ExternalAllowlist/shop/partners: spec.caBundle: Secret shop/ca does not exist; create it or fix the name"
+        ]
+    );
+}
+
+#[test]
+fn a_zero_session_ttl_is_invalid() {
+    let compiled = compile_docs(&[
+        secret("app-keys", &[("web", APP_KEY)]),
+        shop(
+            "SessionChainPolicy",
+            "chain",
+            "{createPath: /s, apiKeysSecretRef: {name: app-keys}, ttl: 0s}",
+        ),
+    ]);
+    assert_eq!(
+        report(&compiled, Kind::SessionChainPolicy, "chain").reason,
+        reasons::INVALID
+    );
+    assert_eq!(
+        problem_lines(&compiled, Kind::SessionChainPolicy, "chain"),
+        ["SessionChainPolicy/shop/chain: spec.ttl: must be a positive duration such as 30m"]
+    );
+    assert!(
+        compiled.secrets.values.is_empty(),
+        "a refused policy ships no API keys"
+    );
+}
+
+#[test]
+fn a_zero_timeout_is_invalid() {
+    assert_route_refused(
+        vec![],
+        "{upstream: 'https://a.example', timeouts: {connect: 0ms}}",
+        reasons::INVALID,
+        &[
+            "ProxyRoute/shop/t: spec.timeouts.connect: must be a positive duration such as 250ms, 30s or 5m",
+        ],
+    );
+}
+
+#[test]
+fn the_older_route_keeps_a_contested_prefix() {
+    let compiled = compile_docs(&[
+        created(
+            route(
+                "newer",
+                "{pathPrefix: /api, upstream: 'https://new.example'}",
+            ),
+            "2024-05-02T00:00:00Z",
+        ),
+        created(
+            route(
+                "older",
+                "{pathPrefix: /api, upstream: 'https://old.example'}",
+            ),
+            "2024-05-01T00:00:00Z",
+        ),
+    ]);
+    assert_eq!(served_routes(&compiled), ["shop/older"]);
+    assert_eq!(
+        report(&compiled, Kind::ProxyRoute, "newer").reason,
+        reasons::CONFLICT
+    );
+    assert_eq!(
+        problem_lines(&compiled, Kind::ProxyRoute, "newer"),
+        [
+            "ProxyRoute/shop/newer: spec.pathPrefix: path prefix /api is already served by ProxyRoute shop/older, which is older; choose another pathPrefix"
+        ]
+    );
+}
+
+#[test]
+fn a_route_already_in_the_cluster_beats_one_not_yet_applied() {
+    let compiled = compile_docs(&[
+        route(
+            "local",
+            "{pathPrefix: /api, upstream: 'https://new.example'}",
+        ),
+        created(
+            route(
+                "z-applied",
+                "{pathPrefix: /api, upstream: 'https://old.example'}",
+            ),
+            "2024-05-01T00:00:00Z",
+        ),
+    ]);
+    assert_eq!(served_routes(&compiled), ["shop/z-applied"]);
+    assert_eq!(
+        problem_lines(&compiled, Kind::ProxyRoute, "local"),
+        [
+            "ProxyRoute/shop/local: spec.pathPrefix: path prefix /api is already served by ProxyRoute shop/z-applied, which already exists in the cluster; choose another pathPrefix"
+        ]
+    );
+}
+
+#[test]
+fn without_creation_times_namespace_and_name_decide() {
+    let compiled = compile_docs(&[
+        doc(
+            "ProxyRoute",
+            "zeta/a",
+            "{pathPrefix: /api, upstream: 'https://z.example'}",
+        ),
+        doc(
+            "ProxyRoute",
+            "alpha/b",
+            "{pathPrefix: /api, upstream: 'https://a.example'}",
+        ),
+    ]);
+    assert_eq!(served_routes(&compiled), ["alpha/b"]);
+    let loser = compiled
+        .reports
+        .iter()
+        .find(|r| r.object.namespace == "zeta")
+        .unwrap();
+    assert_eq!(
+        loser.problem_lines().collect::<Vec<_>>(),
+        [
+            "ProxyRoute/zeta/a: spec.pathPrefix: path prefix /api is already served by ProxyRoute alpha/b, which comes first by namespace/name as neither is older; choose another pathPrefix"
+        ]
+    );
+}
+
+#[test]
+fn a_trailing_slash_does_not_make_another_prefix() {
+    let compiled = compile_docs(&[
+        route("a", "{pathPrefix: /api, upstream: 'https://a.example'}"),
+        route("b", "{pathPrefix: /api/, upstream: 'https://b.example'}"),
+    ]);
+    assert_eq!(served_routes(&compiled), ["shop/a"]);
+    assert_eq!(
+        problem_lines(&compiled, Kind::ProxyRoute, "b"),
+        [
+            "ProxyRoute/shop/b: spec.pathPrefix: path prefix /api/ (the same as /api) is already served by ProxyRoute shop/a, which comes first by namespace/name as neither is older; choose another pathPrefix"
+        ]
+    );
+}
+
+#[test]
+fn an_invalid_route_does_not_claim_its_prefix() {
+    let compiled = compile_docs(&[
+        created(
+            route(
+                "older",
+                "{pathPrefix: /api, upstream: 'https://a.example', bodyLimit: 0}",
+            ),
+            "2024-01-01T00:00:00Z",
+        ),
+        created(
+            route("newer", "{pathPrefix: /api, upstream: 'https://b.example'}"),
+            "2024-06-01T00:00:00Z",
+        ),
+    ]);
+    assert_eq!(served_routes(&compiled), ["shop/newer"]);
+}
+
+#[test]
+fn a_resource_defined_twice_is_refused_once_and_not_served() {
+    let compiled = compile_docs(&[
+        route("twice", "{pathPrefix: /one, upstream: 'https://a.example'}"),
+        route("twice", "{pathPrefix: /two, upstream: 'https://b.example'}"),
+        shop("ExternalAllowlist", "partners", "hosts: [a.example]"),
+        shop("ExternalAllowlist", "partners", "hosts: [b.example]"),
+        route("fine", "upstream: https://fine.example"),
+    ]);
+    assert_eq!(served_routes(&compiled), ["shop/fine"]);
+    assert!(compiled.snapshot.allowlists.is_empty());
+    for (kind, object) in [
+        (Kind::ProxyRoute, "ProxyRoute/shop/twice"),
+        (Kind::ExternalAllowlist, "ExternalAllowlist/shop/partners"),
+    ] {
+        let name = object.rsplit('/').next().unwrap();
+        assert_eq!(report(&compiled, kind, name).reason, reasons::CONFLICT);
+        assert_eq!(
+            problem_lines(&compiled, kind, name),
+            [format!(
+                "{object}: metadata.name: {object} is defined 2 times; keep one definition (none of them is served until then)"
+            )]
+        );
+    }
+}
+
+/// Deterministic reorderings of `items`: reversed and every rotation.
+fn reorderings<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    let mut all = vec![items.iter().rev().cloned().collect()];
+    for k in 1..items.len() {
+        let mut rotated = items.to_vec();
+        rotated.rotate_left(k);
+        all.push(rotated);
+    }
+    all
+}
+
+#[test]
+fn the_same_input_in_any_order_gives_the_same_bytes() {
+    let mut docs = full_setup();
+    // Include every outcome, so ordering is exercised for refusals and conflicts too.
+    docs.push(route(
+        "z-contender",
+        "{pathPrefix: /api/payments, upstream: 'https://b.example'}",
+    ));
+    docs.push(route("dup", "upstream: https://a.example"));
+    docs.push(route("dup", "upstream: https://b.example"));
+    docs.push(route("lost", "{allowlistRef: nowhere}"));
+    let first = compile_docs(&docs);
+    assert_eq!(
+        report(&first, Kind::ProxyRoute, "z-contender").reason,
+        reasons::CONFLICT
+    );
+    for docs in reorderings(&docs) {
+        let again = compile_docs(&docs);
+        assert_eq!(
+            String::from_utf8(again.snapshot.to_json()).unwrap(),
+            String::from_utf8(first.snapshot.to_json()).unwrap()
+        );
+        assert_eq!(again.snapshot.hash(), first.snapshot.hash());
+        assert_eq!(again.secrets.to_json(), first.secrets.to_json());
+        assert_eq!(again.reports, first.reports);
+    }
+}
+
+#[test]
+fn compile_has_no_hidden_state() {
+    let resources = parse(&full_setup());
+    assert_eq!(
+        compile(&resources).snapshot.to_json(),
+        compile(&resources).snapshot.to_json()
+    );
+    assert_eq!(compile(&resources).snapshot.hash().len(), 64);
+}
+
+#[test]
+fn a_change_changes_the_hash() {
+    let before = compile_docs(&full_setup());
+    let mut docs = full_setup();
+    docs.push(route("extra", "upstream: https://extra.example"));
+    assert_ne!(compile_docs(&docs).snapshot.hash(), before.snapshot.hash());
+}
+
+/// Fails if any of `values` shows up in the snapshot JSON, a report, or debug output.
+fn assert_no_secret_value_outside_the_secret_snapshot(compiled: &Compiled, values: &[&str]) {
+    let snapshot = String::from_utf8(compiled.snapshot.to_json()).unwrap();
+    let reports = format!("{:?}", compiled.reports);
+    let debug = format!("{:?} {:?}", compiled.secrets, compiled.snapshot);
+    for value in values {
+        for line in value.lines() {
+            assert!(
+                !snapshot.contains(line),
+                "secret value in snapshot JSON: {line}"
+            );
+            assert!(!reports.contains(line), "secret value in a report: {line}");
+            assert!(
+                !debug.contains(line),
+                "secret value in debug output: {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn secret_values_live_only_in_the_secret_snapshot() {
+    let compiled = compile_docs(&full_setup());
+    let values = [UPSTREAM_KEY, APP_KEY, TOKEN, AES_KEY, CA];
+    for value in values {
+        assert!(
+            compiled.secrets.values.values().any(|v| v == value),
+            "{value} should be shipped"
+        );
+    }
+    assert_no_secret_value_outside_the_secret_snapshot(&compiled, &values);
+    assert!(
+        !format!("{:?}", parse(&full_setup())).contains(UPSTREAM_KEY),
+        "Resources' Debug prints Secret data"
+    );
+}
+
+#[test]
+fn refused_resources_ship_no_secret_values() {
+    let compiled = compile_docs(&[
+        secret("upstream", &[("api-key", UPSTREAM_KEY)]),
+        // Found Secret, missing CA bundle: refused, so the found value must not ship either.
+        route(
+            "half",
+            "
+            upstream: https://a.example
+            forwardHeaders: [{name: x-api-key, valueFrom: {name: upstream, key: api-key}}]
+            tls: {caBundle: {name: ca, key: ca.crt}}",
+        ),
+        // Resolved fine, then lost its prefix.
+        created(
+            route(
+                "loser",
+                "{pathPrefix: /p, upstream: 'https://a.example', forwardHeaders: [{name: k, valueFrom: {name: upstream, key: api-key}}]}",
+            ),
+            "2024-02-01T00:00:00Z",
+        ),
+        created(
+            route("winner", "{pathPrefix: /p, upstream: 'https://b.example'}"),
+            "2024-01-01T00:00:00Z",
+        ),
+    ]);
+    assert_eq!(
+        report(&compiled, Kind::ProxyRoute, "half").reason,
+        reasons::SECRET_NOT_FOUND
+    );
+    assert_eq!(
+        report(&compiled, Kind::ProxyRoute, "loser").reason,
+        reasons::CONFLICT
+    );
+    assert_eq!(compiled.secrets.values.len(), 0, "{:?}", compiled.secrets);
+}
+
+#[test]
+fn reports_echo_the_generation() {
+    let with_generation = route("r", "upstream: https://a.example").replacen(
+        "metadata:\n",
+        "metadata:\n  generation: 7\n",
+        1,
+    );
+    let compiled = compile_docs(&[with_generation]);
+    assert_eq!(report(&compiled, Kind::ProxyRoute, "r").generation, Some(7));
+}

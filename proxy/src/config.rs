@@ -1,0 +1,198 @@
+//! The live configuration: a compiled [`Snapshot`] and its [`SecretSnapshot`] turned into what
+//! the request path needs ready-made — the router, parsed upstream URLs, header names and values,
+//! upstream clients. Built and validated off the request path; once built it never changes, and
+//! a reload swaps in a whole new one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue as HttpHeaderValue};
+use http::uri::{Authority, Scheme};
+use keygate_crds::snapshot::{Destination, HeaderValue, Route, SNAPSHOT_FORMAT};
+use keygate_crds::{SecretSnapshot, Snapshot};
+
+use crate::router::Router;
+use crate::upstream::{ClientCache, ClientError, ClientKey, UpstreamClient};
+
+/// Why a snapshot cannot be served. Names routes, headers and secret ids, never values.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The snapshot's format is not one this proxy knows.
+    #[error("snapshot format {0} is not supported (this proxy reads format {SNAPSHOT_FORMAT}); upgrade the proxy")]
+    Format(u32),
+    /// The secret snapshot belongs to another snapshot.
+    #[error("the secret snapshot belongs to snapshot {found}, not {expected}")]
+    SecretsMismatch {
+        /// Hash of the snapshot being loaded.
+        expected: String,
+        /// Hash the secret snapshot names.
+        found: String,
+    },
+    /// A secret the snapshot refers to is missing.
+    #[error("route {route}: secret {id} is missing from the secret snapshot")]
+    MissingSecret {
+        /// Route id.
+        route: String,
+        /// Secret id.
+        id: String,
+    },
+    /// A route field cannot be used.
+    #[error("route {route}: {field}: {message}")]
+    Route {
+        /// Route id.
+        route: String,
+        /// Field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Building the upstream client failed.
+    #[error("route {route}: upstream TLS: {source}")]
+    Client {
+        /// Route id.
+        route: String,
+        /// Cause.
+        source: ClientError,
+    },
+}
+
+/// A route ready to serve.
+pub struct LiveRoute {
+    /// The compiled route.
+    pub spec: Route,
+    /// Where requests go.
+    pub target: Target,
+    /// Headers to set on upstream requests, values resolved.
+    pub inject: Vec<(HeaderName, HttpHeaderValue)>,
+    /// Response renames.
+    pub renames: Vec<(HeaderName, HeaderName)>,
+    /// Connection pool for this route's upstream.
+    pub client: UpstreamClient,
+    /// Time to response headers.
+    pub request_timeout: Duration,
+}
+
+/// A route's destination, parsed.
+pub enum Target {
+    /// A fixed base URL.
+    Fixed {
+        /// `http` or `https`.
+        scheme: Scheme,
+        /// Host and port.
+        authority: Authority,
+        /// Base path without a trailing `/` (may be empty).
+        base_path: String,
+    },
+    /// Chosen per request from an allowlist.
+    Allowlist,
+}
+
+/// One generation of live configuration.
+pub struct Config {
+    /// Content hash of the snapshot; the `hash` label of `keygate_config_info`.
+    pub hash: String,
+    router: Router<Arc<LiveRoute>>,
+    client_keys: Vec<ClientKey>,
+}
+
+impl Config {
+    /// Validates and prepares a snapshot. `clients` is shared across generations.
+    pub fn build(snapshot: &Snapshot, secrets: &SecretSnapshot, clients: &ClientCache) -> Result<Config, ConfigError> {
+        if snapshot.format != SNAPSHOT_FORMAT {
+            return Err(ConfigError::Format(snapshot.format));
+        }
+        let hash = snapshot.hash();
+        if secrets.snapshot_hash != hash {
+            return Err(ConfigError::SecretsMismatch { expected: hash, found: secrets.snapshot_hash.clone() });
+        }
+        let mut client_keys = Vec::new();
+        let mut entries = Vec::with_capacity(snapshot.routes.len());
+        for route in &snapshot.routes {
+            let (key, live) = build_route(route, secrets, clients)?;
+            if !client_keys.contains(&key) {
+                client_keys.push(key);
+            }
+            entries.push((route.path_prefix.clone(), Arc::new(live)));
+        }
+        Ok(Config { hash, router: Router::new(entries), client_keys })
+    }
+
+    /// The route serving `path`.
+    pub fn route(&self, path: &str) -> Option<&Arc<LiveRoute>> {
+        self.router.lookup(path)
+    }
+
+    /// Number of routes.
+    pub fn route_count(&self) -> usize {
+        self.router.len()
+    }
+
+    /// Client settings this generation uses.
+    pub fn client_keys(&self) -> &[ClientKey] {
+        &self.client_keys
+    }
+}
+
+fn build_route(route: &Route, secrets: &SecretSnapshot, clients: &ClientCache) -> Result<(ClientKey, LiveRoute), ConfigError> {
+    let bad = |field: &str, message: String| ConfigError::Route { route: route.id.clone(), field: field.into(), message };
+    let secret = |id: &String| {
+        secrets.values.get(id).ok_or_else(|| ConfigError::MissingSecret { route: route.id.clone(), id: id.clone() })
+    };
+    let target = match &route.destination {
+        Destination::Upstream { url } => {
+            let uri: http::Uri = url.parse().map_err(|e| bad("upstream", format!("{e}")))?;
+            let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+                return Err(bad("upstream", "must be an absolute URL".into()));
+            };
+            let base_path = uri.path().trim_end_matches('/').to_string();
+            Target::Fixed { scheme, authority, base_path }
+        }
+        Destination::Allowlist { .. } => Target::Allowlist,
+    };
+    let mut inject = Vec::with_capacity(route.forward_headers.len());
+    for (i, h) in route.forward_headers.iter().enumerate() {
+        let field = format!("forwardHeaders[{i}]");
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad(&field, format!("{:?} is not a header name", h.name)))?;
+        let raw = match &h.value {
+            HeaderValue::Literal { literal } => literal,
+            HeaderValue::Secret { secret: id } => secret(id)?,
+        };
+        // Secret values often end in a newline written by `echo` or an editor; it never belongs in a header.
+        let value = HttpHeaderValue::from_str(raw.trim_end_matches(['\r', '\n'])).map_err(|_| {
+            bad(&field, format!("the value for header {} has characters a header cannot carry (control characters or non-ASCII)", h.name))
+        })?;
+        let value = match &h.value {
+            HeaderValue::Secret { .. } => {
+                let mut v = value;
+                v.set_sensitive(true);
+                v
+            }
+            HeaderValue::Literal { .. } => value,
+        };
+        inject.push((name, value));
+    }
+    let renames = route
+        .expose_headers
+        .iter()
+        .map(|r| {
+            let from = HeaderName::from_bytes(r.from.as_bytes()).map_err(|_| bad("exposeHeaders", format!("{:?} is not a header name", r.from)))?;
+            let to = HeaderName::from_bytes(r.to.as_bytes()).map_err(|_| bad("exposeHeaders", format!("{:?} is not a header name", r.to)))?;
+            Ok((from, to))
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    let ca = route.ca_bundle.as_ref().map(secret).transpose()?;
+    let (key, client) = clients
+        .get(ca.map(String::as_str), route.upstream_protocol, Duration::from_millis(route.connect_timeout_ms))
+        .map_err(|source| ConfigError::Client { route: route.id.clone(), source })?;
+    Ok((
+        key,
+        LiveRoute {
+            spec: route.clone(),
+            target,
+            inject,
+            renames,
+            client,
+            request_timeout: Duration::from_millis(route.request_timeout_ms),
+        },
+    ))
+}

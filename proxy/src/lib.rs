@@ -1,0 +1,18 @@
+//! Keygate's data plane. A request enters [`server::serve_proxy`], [`proxy::handle`] takes the
+//! live [`config::Config`] (one `ArcSwap`, replaced whole on reload) and the route the
+//! [`router::Router`] picks, runs the [`pipeline`] stages, forwards through a pooled
+//! [`upstream`] client, and maps any failure through [`error::ProxyError`] — the one place
+//! errors become `proxy_error` JSON. Configuration arrives from a [`source::Source`]: YAML
+//! manifests compiled by `keygate_crds::compile`, or the snapshot files the operator writes.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod source;
+pub mod upstream;

@@ -1,0 +1,182 @@
+//! `keygate-proxy`: `serve` runs the data plane on manifests or operator snapshots; `check`
+//! validates a folder of manifests offline with the same `compile()` the operator runs.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use keygate_proxy::proxy::Shared;
+use keygate_proxy::server::{serve_admin, serve_proxy, ListenerLimits};
+use keygate_proxy::source::{self, Source};
+
+#[derive(Parser)]
+#[command(name = "keygate-proxy", version, about = "Keeps API secrets out of browsers: a proxy configured by Keygate resources.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the proxy.
+    Serve(Serve),
+    /// Validate a folder of manifests; print each problem; exit 1 if any resource is bad.
+    Check {
+        /// Folder of YAML manifests (Keygate resources and Secrets).
+        #[arg(short = 'f', long = "filename")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct Serve {
+    /// Serve Keygate resources and Secrets from YAML in this folder (standalone mode, no cluster).
+    #[arg(long, conflicts_with = "config_dir", required_unless_present = "config_dir")]
+    manifests: Option<PathBuf>,
+    /// Serve the operator's snapshot from this folder (a mounted ConfigMap holding snapshot.json).
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    /// Folder holding secrets.json (a mounted Secret). Default: --config-dir.
+    #[arg(long, requires = "config_dir")]
+    secrets_dir: Option<PathBuf>,
+    /// Proxy listen address.
+    #[arg(long, env = "KEYGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Admin listen address (/healthz, /readyz, /metrics).
+    #[arg(long, env = "KEYGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9901")]
+    admin_listen: SocketAddr,
+    /// Worker threads. Default: one per core.
+    #[arg(long, env = "KEYGATE_WORKERS")]
+    workers: Option<usize>,
+    /// How often to look for configuration changes, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    poll_interval_ms: u64,
+    /// Most client connections open at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Largest request head in bytes; larger requests get 431.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// Seconds to let requests in flight finish on shutdown.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_secs: u64,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { dir } => check(&dir),
+        Command::Serve(args) => {
+            init_logging(&args.log_format);
+            match run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" { builder.json().init() } else { builder.init() }
+}
+
+fn check(dir: &std::path::Path) -> ExitCode {
+    let mut files = Vec::new();
+    if let Err(e) = source::collect_yaml(dir, &mut files) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
+    match source::compile_manifests(&files) {
+        Ok((snapshot, _)) => {
+            println!("ok: {} route(s) in {} file(s), snapshot {}", snapshot.routes.len(), files.len(), snapshot.hash());
+            ExitCode::SUCCESS
+        }
+        Err(source::LoadError::Invalid(problems)) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            eprintln!("{} problem(s) found", problems.len());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Serve) -> anyhow::Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.workers {
+        runtime.worker_threads(n.max(1));
+    }
+    let runtime = runtime.enable_all().build().context("starting the runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Serve) -> anyhow::Result<()> {
+    let source = match (&args.manifests, &args.config_dir) {
+        (Some(dir), _) => Source::Manifests(dir.clone()),
+        (None, Some(dir)) => Source::Snapshot { config_dir: dir.clone(), secrets_dir: args.secrets_dir.clone().unwrap_or_else(|| dir.clone()) },
+        (None, None) => unreachable!("clap requires one source"),
+    };
+    let shared = Arc::new(Shared::default());
+    let initial = match source::load_once(&source, &shared) {
+        Ok((digest, config)) => {
+            tracing::info!(hash = %config.hash, routes = config.route_count(), "configuration loaded");
+            Some(digest)
+        }
+        // Standalone mode refuses to start on a bad folder, as nginx does; the operator's
+        // snapshot may simply not be mounted yet, so wait for it with /readyz failing.
+        Err(e) if matches!(source, Source::Manifests(_)) => anyhow::bail!("refusing to start: {e}"),
+        Err(e) => {
+            tracing::warn!(error = %e, "no usable configuration yet; /readyz stays 503 until one loads");
+            None
+        }
+    };
+
+    let proxy_listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen).await.with_context(|| format!("binding {}", args.admin_listen))?;
+    tracing::info!(proxy = %proxy_listener.local_addr()?, admin = %admin_listener.local_addr()?, "listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(source::watch(source, shared.clone(), initial, Duration::from_millis(args.poll_interval_ms)));
+    let admin = tokio::spawn(serve_admin(admin_listener, shared.clone(), stopped(stop_rx.clone())));
+    let limits = ListenerLimits {
+        max_connections: args.max_connections,
+        max_header_bytes: args.max_header_bytes,
+        drain: Duration::from_secs(args.drain_timeout_secs),
+    };
+    let proxy = tokio::spawn(serve_proxy(proxy_listener, shared, limits, stopped(stop_rx)));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = proxy.await;
+    let _ = admin.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,134 @@
+//! One request, start to finish: pick the live config and route, run the pipeline stages,
+//! forward upstream with timeouts, and turn any failure into its `proxy_error` response. Also
+//! the one place requests are counted and access-logged.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use http::{Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::{Body, LimitedBody};
+use crate::config::{Config, LiveRoute, Target};
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::pipeline::{limits, request, response};
+use crate::upstream::ClientCache;
+
+/// What every connection shares: the one live config, metrics, and upstream clients.
+#[derive(Default)]
+pub struct Shared {
+    /// The live configuration; `None` until the first one loads. Each request takes its own
+    /// `Arc`, so a reload never changes the config under a request in flight.
+    pub config: ArcSwapOption<Config>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Upstream clients, kept across reloads.
+    pub clients: ClientCache,
+}
+
+/// Serves one request.
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    // Paths only: query strings may carry tokens and never reach the log.
+    let path = req.uri().path().to_string();
+    let config = shared.config.load_full();
+    let route = config.as_ref().and_then(|c| c.route(&path)).cloned();
+    let result = match (&config, &route) {
+        (None, _) => Err(ProxyError::NotReady),
+        (Some(_), None) => Err(ProxyError::RouteNotFound),
+        (Some(_), Some(route)) => forward(&shared, route, req, peer).await,
+    };
+    let route_id = route.as_ref().map(|r| r.spec.id.as_str());
+    let (resp, code) = match result {
+        Ok(resp) => (resp, None),
+        Err(e) => {
+            let code = e.code();
+            (e.into_response(route_id), Some(code))
+        }
+    };
+    let status = resp.status().as_u16();
+    shared.metrics.request(route_id, status);
+    tracing::info!(
+        target: "keygate::access",
+        method = %method,
+        path = %path,
+        route = route_id.unwrap_or("-"),
+        status,
+        error = code.unwrap_or(""),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
+    resp
+}
+
+async fn forward(shared: &Shared, route: &LiveRoute, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    limits::check(&route.spec, &parts)?;
+    let Target::Fixed { scheme, authority, base_path } = &route.target else {
+        return Err(ProxyError::NotImplemented("destinations named by the client (allowlistRef) are not served by this version"));
+    };
+    parts.uri = request::upstream_uri(route, scheme, authority, base_path, &parts.uri)?;
+    request::rewrite_headers(route, &mut parts, peer);
+    // The client connection picks HTTP/1.1 or HTTP/2 for the upstream hop itself.
+    parts.version = Version::HTTP_11;
+
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let body = LimitedBody::new(body, route.spec.body_limit, exceeded.clone()).boxed();
+    let sent = Instant::now();
+    let outcome = tokio::time::timeout(route.request_timeout, route.client.request(Request::from_parts(parts, body))).await;
+    shared.metrics.upstream_latency(&route.spec.id, sent.elapsed().as_secs_f64());
+    let upstream = match outcome {
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(_)) if exceeded.load(Ordering::Acquire) => return Err(ProxyError::BodyTooLarge(route.spec.body_limit)),
+        Ok(Err(e)) => {
+            let err = classify(&e);
+            tracing::warn!(route = %route.spec.id, code = err.code(), error = %ErrorChain(&e), "upstream request failed");
+            return Err(err);
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    let (mut parts, body) = upstream.into_parts();
+    response::rewrite_headers(route, &mut parts);
+    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+}
+
+/// Names the failure the way a person debugging an upstream would want it named.
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return ProxyError::UpstreamTls(tls.to_string());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            // io::Error hides a custom inner error from source(); look inside it explicitly.
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return ProxyError::UpstreamTls(tls.to_string());
+            }
+            if io.kind() == std::io::ErrorKind::TimedOut && e.is_connect() {
+                return ProxyError::UpstreamConnectTimeout;
+            }
+        }
+        source = err.source();
+    }
+    if e.is_connect() { ProxyError::UpstreamUnavailable } else { ProxyError::BadGateway }
+}
+
+/// Displays an error with its causes, `a: b: c`.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}

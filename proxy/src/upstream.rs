@@ -1,0 +1,113 @@
+//! Upstream HTTP clients: pooled, HTTP/1.1 and HTTP/2 (by ALPN or prior knowledge), rustls with
+//! the public webpki roots plus a route's own CA bundle. Clients are cached by what makes them
+//! differ, so connection pools survive config reloads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use keygate_crds::resources::route::UpstreamProtocol;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+
+use crate::body::Body;
+
+/// A pooled client for one kind of upstream.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// What makes two routes need different clients.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    /// SHA-256 of the extra CA bundle, if any (the bundle itself is not kept in the key).
+    pub ca_bundle: Option<[u8; 32]>,
+    /// Protocol choice (`UpstreamProtocol as u8`).
+    pub protocol: u8,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+}
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The CA bundle holds no usable certificate.
+    #[error("the CA bundle holds no PEM certificate")]
+    EmptyCaBundle,
+    /// A certificate in the CA bundle is malformed.
+    #[error("the CA bundle is not valid PEM: {0}")]
+    BadCaBundle(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration refused: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Clients by [`ClientKey`], shared across config generations.
+#[derive(Default)]
+pub struct ClientCache {
+    clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+}
+
+impl ClientCache {
+    /// The client for these settings, built on first use.
+    pub fn get(&self, ca_pem: Option<&str>, protocol: UpstreamProtocol, connect_timeout: Duration) -> Result<(ClientKey, UpstreamClient), ClientError> {
+        let key = ClientKey {
+            ca_bundle: ca_pem.map(|pem| Sha256::digest(pem.as_bytes()).into()),
+            protocol: protocol as u8,
+            connect_timeout,
+        };
+        let mut clients = self.clients.lock().expect("client cache lock");
+        if let Some(c) = clients.get(&key) {
+            return Ok((key, c.clone()));
+        }
+        let client = build_client(ca_pem, protocol, connect_timeout)?;
+        clients.insert(key.clone(), client.clone());
+        Ok((key, client))
+    }
+
+    /// Drops clients no route of the live config uses, closing their idle connections.
+    pub fn retain(&self, used: &[ClientKey]) {
+        self.clients.lock().expect("client cache lock").retain(|k, _| used.contains(k));
+    }
+}
+
+fn build_client(ca_pem: Option<&str>, protocol: UpstreamProtocol, connect_timeout: Duration) -> Result<UpstreamClient, ClientError> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(pem) = ca_pem {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| ClientError::BadCaBundle(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ClientError::EmptyCaBundle);
+        }
+        for cert in certs {
+            roots.add(cert)?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let connector = match protocol {
+        UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+    };
+    let mut client = Client::builder(TokioExecutor::new());
+    client
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http2_only(protocol == UpstreamProtocol::Http2);
+    Ok(client.build(connector))
+}
