@@ -700,7 +700,10 @@ fn refused_resources_ship_no_secret_values() {
             route("winner", "{pathPrefix: /p, upstream: 'https://b.example'}"),
             "2024-01-01T00:00:00Z",
         ),
+        // Compiled after the refused ones: must not pick up what they read.
+        route("z-served", "upstream: https://c.example"),
     ]);
+    assert_eq!(served_routes(&compiled), ["shop/winner", "shop/z-served"]);
     assert_eq!(
         report(&compiled, Kind::ProxyRoute, "half").reason,
         reasons::SECRET_NOT_FOUND

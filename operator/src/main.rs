@@ -4,11 +4,16 @@
 #![forbid(unsafe_code)]
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
     let kinds: Vec<String> = keygate_crds::resources::crds()
         .into_iter()
         .filter_map(|c| c.metadata.name)
         .collect();
-    tracing::info!(?kinds, "keygate-operator starting; the reconcile loop is not built yet, exiting");
+    tracing::info!(
+        ?kinds,
+        "keygate-operator starting; the reconcile loop is not built yet, exiting"
+    );
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! route's `bodyLimit` while the body streams (chunked bodies included) without buffering it.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -32,7 +32,12 @@ pub struct LimitedBody<B> {
 impl<B> LimitedBody<B> {
     /// Wraps `inner`; `exceeded` is set if more than `limit` bytes arrive.
     pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
-        LimitedBody { inner, remaining: limit, limit, exceeded }
+        LimitedBody {
+            inner,
+            remaining: limit,
+            limit,
+            exceeded,
+        }
     }
 }
 
@@ -81,18 +86,23 @@ mod tests {
     /// Data frames of the given sizes, as a client would stream them.
     struct Chunks(std::vec::IntoIter<usize>);
 
-
     impl http_body::Body for Chunks {
         type Data = Bytes;
         type Error = std::convert::Infallible;
-        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
             Poll::Ready(self.0.next().map(|n| Ok(Frame::data(Bytes::from(vec![b'x'; n])))))
         }
     }
 
     fn limited(sizes: &[usize], limit: u64) -> (LimitedBody<Chunks>, Arc<AtomicBool>) {
         let flag = Arc::new(AtomicBool::new(false));
-        (LimitedBody::new(Chunks(Vec::from(sizes).into_iter()), limit, flag.clone()), flag)
+        (
+            LimitedBody::new(Chunks(Vec::from(sizes).into_iter()), limit, flag.clone()),
+            flag,
+        )
     }
 
     #[tokio::test]

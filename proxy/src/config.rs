@@ -103,7 +103,10 @@ impl Config {
         }
         let hash = snapshot.hash();
         if secrets.snapshot_hash != hash {
-            return Err(ConfigError::SecretsMismatch { expected: hash, found: secrets.snapshot_hash.clone() });
+            return Err(ConfigError::SecretsMismatch {
+                expected: hash,
+                found: secrets.snapshot_hash.clone(),
+            });
         }
         let mut client_keys = Vec::new();
         let mut entries = Vec::with_capacity(snapshot.routes.len());
@@ -114,7 +117,11 @@ impl Config {
             }
             entries.push((route.path_prefix.clone(), Arc::new(live)));
         }
-        Ok(Config { hash, router: Router::new(entries), client_keys })
+        Ok(Config {
+            hash,
+            router: Router::new(entries),
+            client_keys,
+        })
     }
 
     /// The route serving `path`.
@@ -133,10 +140,21 @@ impl Config {
     }
 }
 
-fn build_route(route: &Route, secrets: &SecretSnapshot, clients: &ClientCache) -> Result<(ClientKey, LiveRoute), ConfigError> {
-    let bad = |field: &str, message: String| ConfigError::Route { route: route.id.clone(), field: field.into(), message };
+fn build_route(
+    route: &Route,
+    secrets: &SecretSnapshot,
+    clients: &ClientCache,
+) -> Result<(ClientKey, LiveRoute), ConfigError> {
+    let bad = |field: &str, message: String| ConfigError::Route {
+        route: route.id.clone(),
+        field: field.into(),
+        message,
+    };
     let secret = |id: &String| {
-        secrets.values.get(id).ok_or_else(|| ConfigError::MissingSecret { route: route.id.clone(), id: id.clone() })
+        secrets.values.get(id).ok_or_else(|| ConfigError::MissingSecret {
+            route: route.id.clone(),
+            id: id.clone(),
+        })
     };
     let target = match &route.destination {
         Destination::Upstream { url } => {
@@ -145,21 +163,32 @@ fn build_route(route: &Route, secrets: &SecretSnapshot, clients: &ClientCache) -
                 return Err(bad("upstream", "must be an absolute URL".into()));
             };
             let base_path = uri.path().trim_end_matches('/').to_string();
-            Target::Fixed { scheme, authority, base_path }
+            Target::Fixed {
+                scheme,
+                authority,
+                base_path,
+            }
         }
         Destination::Allowlist { .. } => Target::Allowlist,
     };
     let mut inject = Vec::with_capacity(route.forward_headers.len());
     for (i, h) in route.forward_headers.iter().enumerate() {
         let field = format!("forwardHeaders[{i}]");
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad(&field, format!("{:?} is not a header name", h.name)))?;
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| bad(&field, format!("{:?} is not a header name", h.name)))?;
         let raw = match &h.value {
             HeaderValue::Literal { literal } => literal,
             HeaderValue::Secret { secret: id } => secret(id)?,
         };
         // Secret values often end in a newline written by `echo` or an editor; it never belongs in a header.
         let value = HttpHeaderValue::from_str(raw.trim_end_matches(['\r', '\n'])).map_err(|_| {
-            bad(&field, format!("the value for header {} has characters a header cannot carry (control characters or non-ASCII)", h.name))
+            bad(
+                &field,
+                format!(
+                    "the value for header {} has characters a header cannot carry (control characters or non-ASCII)",
+                    h.name
+                ),
+            )
         })?;
         let value = match &h.value {
             HeaderValue::Secret { .. } => {
@@ -175,15 +204,24 @@ fn build_route(route: &Route, secrets: &SecretSnapshot, clients: &ClientCache) -
         .expose_headers
         .iter()
         .map(|r| {
-            let from = HeaderName::from_bytes(r.from.as_bytes()).map_err(|_| bad("exposeHeaders", format!("{:?} is not a header name", r.from)))?;
-            let to = HeaderName::from_bytes(r.to.as_bytes()).map_err(|_| bad("exposeHeaders", format!("{:?} is not a header name", r.to)))?;
+            let from = HeaderName::from_bytes(r.from.as_bytes())
+                .map_err(|_| bad("exposeHeaders", format!("{:?} is not a header name", r.from)))?;
+            let to = HeaderName::from_bytes(r.to.as_bytes())
+                .map_err(|_| bad("exposeHeaders", format!("{:?} is not a header name", r.to)))?;
             Ok((from, to))
         })
         .collect::<Result<_, ConfigError>>()?;
     let ca = route.ca_bundle.as_ref().map(secret).transpose()?;
     let (key, client) = clients
-        .get(ca.map(String::as_str), route.upstream_protocol, Duration::from_millis(route.connect_timeout_ms))
-        .map_err(|source| ConfigError::Client { route: route.id.clone(), source })?;
+        .get(
+            ca.map(String::as_str),
+            route.upstream_protocol,
+            Duration::from_millis(route.connect_timeout_ms),
+        )
+        .map_err(|source| ConfigError::Client {
+            route: route.id.clone(),
+            source,
+        })?;
     Ok((
         key,
         LiveRoute {
@@ -195,4 +233,22 @@ fn build_route(route: &Route, secrets: &SecretSnapshot, clients: &ClientCache) -
             request_timeout: Duration::from_millis(route.request_timeout_ms),
         },
     ))
+}
+
+/// A [`LiveRoute`] from route JSON, for stage tests.
+#[cfg(test)]
+pub(crate) fn test_route(overrides: serde_json::Value) -> LiveRoute {
+    let mut route = serde_json::json!({
+        "id": "default/r", "pathPrefix": "/r",
+        "destination": {"type": "upstream", "url": "http://127.0.0.1:1/base"},
+        "stripPrefix": true, "connectTimeoutMs": 1000, "requestTimeoutMs": 1000,
+        "bodyLimit": 1024, "upstreamProtocol": "auto", "auth": "none"
+    });
+    for (k, v) in overrides.as_object().expect("an object") {
+        route[k] = v.clone();
+    }
+    let route: Route = serde_json::from_value(route).expect("a valid route");
+    build_route(&route, &SecretSnapshot::default(), &ClientCache::default())
+        .expect("a buildable route")
+        .1
 }

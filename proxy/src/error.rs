@@ -3,7 +3,7 @@
 //! with the fitting status. Messages are fixed sentences or carry only non-secret facts.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use crate::body::Body;
@@ -79,7 +79,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamUnavailable | ProxyError::UpstreamTls(_) | ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnavailable | ProxyError::UpstreamTls(_) | ProxyError::BadGateway => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -92,7 +94,11 @@ impl ProxyError {
                 "route": route,
             }
         });
-        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed());
+        let mut resp = Response::new(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
         *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

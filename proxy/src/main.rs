@@ -11,11 +11,15 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keygate_proxy::proxy::Shared;
-use keygate_proxy::server::{serve_admin, serve_proxy, ListenerLimits};
+use keygate_proxy::server::{ListenerLimits, serve_admin, serve_proxy};
 use keygate_proxy::source::{self, Source};
 
 #[derive(Parser)]
-#[command(name = "keygate-proxy", version, about = "Keeps API secrets out of browsers: a proxy configured by Keygate resources.")]
+#[command(
+    name = "keygate-proxy",
+    version,
+    about = "Keeps API secrets out of browsers: a proxy configured by Keygate resources."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,8 +93,14 @@ fn main() -> ExitCode {
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" { builder.json().init() } else { builder.init() }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
 }
 
 fn check(dir: &std::path::Path) -> ExitCode {
@@ -101,7 +111,12 @@ fn check(dir: &std::path::Path) -> ExitCode {
     }
     match source::compile_manifests(&files) {
         Ok((snapshot, _)) => {
-            println!("ok: {} route(s) in {} file(s), snapshot {}", snapshot.routes.len(), files.len(), snapshot.hash());
+            println!(
+                "ok: {} route(s) in {} file(s), snapshot {}",
+                snapshot.routes.len(),
+                files.len(),
+                snapshot.hash()
+            );
             ExitCode::SUCCESS
         }
         Err(source::LoadError::Invalid(problems)) => {
@@ -130,7 +145,10 @@ fn run(args: Serve) -> anyhow::Result<()> {
 async fn serve(args: Serve) -> anyhow::Result<()> {
     let source = match (&args.manifests, &args.config_dir) {
         (Some(dir), _) => Source::Manifests(dir.clone()),
-        (None, Some(dir)) => Source::Snapshot { config_dir: dir.clone(), secrets_dir: args.secrets_dir.clone().unwrap_or_else(|| dir.clone()) },
+        (None, Some(dir)) => Source::Snapshot {
+            config_dir: dir.clone(),
+            secrets_dir: args.secrets_dir.clone().unwrap_or_else(|| dir.clone()),
+        },
         (None, None) => unreachable!("clap requires one source"),
     };
     let shared = Arc::new(Shared::default());
@@ -148,15 +166,24 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         }
     };
 
-    let proxy_listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen).await.with_context(|| format!("binding {}", args.admin_listen))?;
+    let proxy_listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", args.admin_listen))?;
     tracing::info!(proxy = %proxy_listener.local_addr()?, admin = %admin_listener.local_addr()?, "listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    tokio::spawn(source::watch(source, shared.clone(), initial, Duration::from_millis(args.poll_interval_ms)));
+    tokio::spawn(source::watch(
+        source,
+        shared.clone(),
+        initial,
+        Duration::from_millis(args.poll_interval_ms),
+    ));
     let admin = tokio::spawn(serve_admin(admin_listener, shared.clone(), stopped(stop_rx.clone())));
     let limits = ListenerLimits {
         max_connections: args.max_connections,
@@ -174,7 +201,8 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -7,7 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,16 +61,34 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("keygate");
         let requests = Family::<RequestLabels, Counter>::default();
-        let upstream_seconds = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let upstream_seconds = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let reloads = Family::<ReloadLabels, Counter>::default();
         let info = Family::<InfoLabels, Gauge>::default();
         let routes = Gauge::default();
         registry.register("requests", "Requests answered, by route and status", requests.clone());
-        registry.register("upstream_duration_seconds", "Time from sending a request upstream to its response headers", upstream_seconds.clone());
-        registry.register("config_reloads", "Configuration changes applied (ok) or refused", reloads.clone());
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request upstream to its response headers",
+            upstream_seconds.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration changes applied (ok) or refused",
+            reloads.clone(),
+        );
         registry.register("config_info", "The live configuration, by content hash", info.clone());
         registry.register("config_routes", "Routes in the live configuration", routes.clone());
-        Metrics { registry, requests, upstream_seconds, reloads, info, routes, live_hash: Mutex::new(None) }
+        Metrics {
+            registry,
+            requests,
+            upstream_seconds,
+            reloads,
+            info,
+            routes,
+            live_hash: Mutex::new(None),
+        }
     }
 
     /// Counts one answered request.
@@ -81,7 +99,11 @@ impl Metrics {
 
     /// Records the time to upstream response headers.
     pub fn upstream_latency(&self, route: &str, seconds: f64) {
-        self.upstream_seconds.get_or_create(&RouteLabels { route: route.to_string() }).observe(seconds);
+        self.upstream_seconds
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(seconds);
     }
 
     /// Counts a reload that was applied or refused.

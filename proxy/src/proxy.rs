@@ -3,8 +3,8 @@
 //! the one place requests are counted and access-logged.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
@@ -66,22 +66,41 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
     resp
 }
 
-async fn forward(shared: &Shared, route: &LiveRoute, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, ProxyError> {
+async fn forward(
+    shared: &Shared,
+    route: &LiveRoute,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     limits::check(&route.spec, &parts)?;
-    let Target::Fixed { scheme, authority, base_path } = &route.target else {
-        return Err(ProxyError::NotImplemented("destinations named by the client (allowlistRef) are not served by this version"));
+    let Target::Fixed {
+        scheme,
+        authority,
+        base_path,
+    } = &route.target
+    else {
+        return Err(ProxyError::NotImplemented(
+            "destinations named by the client (allowlistRef) are not served by this version",
+        ));
     };
-    parts.uri = request::upstream_uri(route, scheme, authority, base_path, &parts.uri)?;
+    // Headers first: an HTTP/2 client's host is the request URI's authority, about to be replaced.
     request::rewrite_headers(route, &mut parts, peer);
+    parts.uri = request::upstream_uri(route, scheme, authority, base_path, &parts.uri)?;
     // The client connection picks HTTP/1.1 or HTTP/2 for the upstream hop itself.
     parts.version = Version::HTTP_11;
 
     let exceeded = Arc::new(AtomicBool::new(false));
     let body = LimitedBody::new(body, route.spec.body_limit, exceeded.clone()).boxed();
     let sent = Instant::now();
-    let outcome = tokio::time::timeout(route.request_timeout, route.client.request(Request::from_parts(parts, body))).await;
-    shared.metrics.upstream_latency(&route.spec.id, sent.elapsed().as_secs_f64());
+    let outcome = tokio::time::timeout(
+        route.request_timeout,
+        route.client.request(Request::from_parts(parts, body)),
+    )
+    .await;
+    shared
+        .metrics
+        .upstream_latency(&route.spec.id, sent.elapsed().as_secs_f64());
     let upstream = match outcome {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(_)) if exceeded.load(Ordering::Acquire) => return Err(ProxyError::BodyTooLarge(route.spec.body_limit)),
@@ -104,18 +123,21 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
             return ProxyError::UpstreamTls(tls.to_string());
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            // io::Error hides a custom inner error from source(); look inside it explicitly.
-            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return ProxyError::UpstreamTls(tls.to_string());
-            }
-            if io.kind() == std::io::ErrorKind::TimedOut && e.is_connect() {
+        source = match err.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == std::io::ErrorKind::TimedOut && e.is_connect() => {
                 return ProxyError::UpstreamConnectTimeout;
             }
-        }
-        source = err.source();
+            // io::Error::source() skips the error it wraps, and connectors nest io::Errors, so
+            // step into the wrapped error itself or a rustls error deeper down is never seen.
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
-    if e.is_connect() { ProxyError::UpstreamUnavailable } else { ProxyError::BadGateway }
+    if e.is_connect() {
+        ProxyError::UpstreamUnavailable
+    } else {
+        ProxyError::BadGateway
+    }
 }
 
 /// Displays an error with its causes, `a: b: c`.

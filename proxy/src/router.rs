@@ -12,7 +12,9 @@ pub struct Router<T> {
 impl<T> Router<T> {
     /// Builds a router; prefixes must already be normalized and unique (`compile()` ensures it).
     pub fn new(entries: impl IntoIterator<Item = (String, T)>) -> Self {
-        Router { by_prefix: entries.into_iter().collect() }
+        Router {
+            by_prefix: entries.into_iter().collect(),
+        }
     }
 
     /// The value of the longest prefix that matches `path` at a segment boundary:

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::body::Body;
-use crate::proxy::{handle, Shared};
+use crate::proxy::{Shared, handle};
 
 /// Limits of the proxy listener.
 #[derive(Clone, Debug)]
@@ -34,19 +34,31 @@ pub struct ListenerLimits {
 
 impl Default for ListenerLimits {
     fn default() -> Self {
-        ListenerLimits { max_connections: 10_000, max_header_bytes: 64 * 1024, drain: Duration::from_secs(30) }
+        ListenerLimits {
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            drain: Duration::from_secs(30),
+        }
     }
 }
 
 /// Serves the proxy on `listener` until `shutdown` resolves, then drains.
-pub async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, limits: ListenerLimits, shutdown: impl Future<Output = ()>) {
+pub async fn serve_proxy(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limits: ListenerLimits,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(limits.max_header_bytes.max(8192));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -64,7 +76,10 @@ pub async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>, limits: Lis
             () = &mut shutdown => break,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(max = limits.max_connections, "connection limit reached; closing new connection");
+            tracing::warn!(
+                max = limits.max_connections,
+                "connection limit reached; closing new connection"
+            );
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -107,7 +122,9 @@ pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, shutdown: i
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(admin(&shared, &req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -116,14 +133,31 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     let (status, content_type, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" => match shared.config.load().as_ref() {
-            Some(c) => (StatusCode::OK, "text/plain", format!("ready: config {} with {} routes\n", c.hash, c.route_count())),
-            None => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: no configuration loaded yet\n".to_string()),
+            Some(c) => (
+                StatusCode::OK,
+                "text/plain",
+                format!("ready: config {} with {} routes\n", c.hash, c.route_count()),
+            ),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "not ready: no configuration loaded yet\n".to_string(),
+            ),
         },
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.render()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz, /readyz or /metrics\n".to_string()),
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.render(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /healthz, /readyz or /metrics\n".to_string(),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     resp
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_crds::snapshot::{SECRETS_FILE, SNAPSHOT_FILE};
-use keygate_crds::{manifests, SecretSnapshot, Snapshot};
+use keygate_crds::{SecretSnapshot, Snapshot, manifests};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigError};
@@ -76,7 +76,13 @@ impl Source {
                 collect_yaml(dir, &mut files)?;
                 files
             }
-            Source::Snapshot { config_dir, secrets_dir } => vec![read_file(&config_dir.join(SNAPSHOT_FILE))?, read_file(&secrets_dir.join(SECRETS_FILE))?],
+            Source::Snapshot {
+                config_dir,
+                secrets_dir,
+            } => vec![
+                read_file(&config_dir.join(SNAPSHOT_FILE))?,
+                read_file(&secrets_dir.join(SECRETS_FILE))?,
+            ],
         };
         let mut h = Sha256::new();
         for (path, bytes) in &files {
@@ -84,7 +90,10 @@ impl Source {
             h.update((bytes.len() as u64).to_le_bytes());
             h.update(bytes);
         }
-        Ok(Files { files, digest: h.finalize().into() })
+        Ok(Files {
+            files,
+            digest: h.finalize().into(),
+        })
     }
 
     /// Turns what was read into a snapshot pair.
@@ -92,7 +101,9 @@ impl Source {
         match self {
             Source::Manifests(_) => compile_manifests(&files.files),
             Source::Snapshot { .. } => {
-                let [(snap_path, snap), (sec_path, sec)] = &files.files[..] else { unreachable!("two files read") };
+                let [(snap_path, snap), (sec_path, sec)] = &files.files[..] else {
+                    unreachable!("two files read")
+                };
                 let snapshot: Snapshot = parse_json(snap_path, snap)?;
                 let secrets: SecretSnapshot = parse_json(sec_path, sec)?;
                 if secrets.snapshot_hash != snapshot.hash() {
@@ -105,29 +116,50 @@ impl Source {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, LoadError> {
-    serde_json::from_slice(bytes).map_err(|e| LoadError::Malformed { file: path.display().to_string(), error: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| LoadError::Malformed {
+        file: path.display().to_string(),
+        error: e.to_string(),
+    })
 }
 
 /// Parses and compiles manifests. In standalone mode there is no status to report a bad
 /// resource in, so — like `nginx -t` — any problem refuses the whole folder.
 pub fn compile_manifests(files: &[(PathBuf, Vec<u8>)]) -> Result<(Snapshot, SecretSnapshot), LoadError> {
-    let texts: Vec<(String, String)> = files.iter().map(|(p, b)| (p.display().to_string(), String::from_utf8_lossy(b).into_owned())).collect();
+    let texts: Vec<(String, String)> = files
+        .iter()
+        .map(|(p, b)| (p.display().to_string(), String::from_utf8_lossy(b).into_owned()))
+        .collect();
     let parsed = manifests::parse(texts.iter().map(|(p, t)| (p.as_str(), t.as_str())));
     let mut problems: Vec<String> = parsed.problems.iter().map(ToString::to_string).collect();
     let compiled = keygate_crds::compile(&parsed.resources);
     problems.extend(compiled.refused().flat_map(|r| r.problem_lines().collect::<Vec<_>>()));
-    if problems.is_empty() { Ok((compiled.snapshot, compiled.secrets)) } else { Err(LoadError::Invalid(problems)) }
+    if problems.is_empty() {
+        Ok((compiled.snapshot, compiled.secrets))
+    } else {
+        Err(LoadError::Invalid(problems))
+    }
 }
 
 fn read_file(path: &Path) -> Result<(PathBuf, Vec<u8>), LoadError> {
-    std::fs::read(path).map(|b| (path.to_path_buf(), b)).map_err(|error| LoadError::Io { path: path.display().to_string(), error })
+    std::fs::read(path)
+        .map(|b| (path.to_path_buf(), b))
+        .map_err(|error| LoadError::Io {
+            path: path.display().to_string(),
+            error,
+        })
 }
 
 /// `.yaml`, `.yml` and `.json` files below `dir`, sorted, skipping hidden entries (the kubelet's
 /// `..data` folders are reached through the visible symlinks instead).
 pub fn collect_yaml(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> Result<(), LoadError> {
-    let io = |error| LoadError::Io { path: dir.display().to_string(), error };
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let io = |error| LoadError::Io {
+        path: dir.display().to_string(),
+        error,
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     entries.sort();
     for path in entries {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -180,7 +212,9 @@ fn poll_once(source: &Source, shared: &Shared, last: &mut Option<[u8; 32]>) -> P
     if Some(files.digest) == *last {
         return Polled::Unchanged;
     }
-    let result = source.load(&files).and_then(|(snapshot, secrets)| Ok(apply(shared, &snapshot, &secrets)?));
+    let result = source
+        .load(&files)
+        .and_then(|(snapshot, secrets)| Ok(apply(shared, &snapshot, &secrets)?));
     match result {
         Err(LoadError::Pending) => Polled::Pending,
         Ok(config) => {

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keygate_crds::resources::route::UpstreamProtocol;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 
 use crate::body::Body;
@@ -53,7 +53,12 @@ pub struct ClientCache {
 
 impl ClientCache {
     /// The client for these settings, built on first use.
-    pub fn get(&self, ca_pem: Option<&str>, protocol: UpstreamProtocol, connect_timeout: Duration) -> Result<(ClientKey, UpstreamClient), ClientError> {
+    pub fn get(
+        &self,
+        ca_pem: Option<&str>,
+        protocol: UpstreamProtocol,
+        connect_timeout: Duration,
+    ) -> Result<(ClientKey, UpstreamClient), ClientError> {
         let key = ClientKey {
             ca_bundle: ca_pem.map(|pem| Sha256::digest(pem.as_bytes()).into()),
             protocol: protocol as u8,
@@ -70,12 +75,21 @@ impl ClientCache {
 
     /// Drops clients no route of the live config uses, closing their idle connections.
     pub fn retain(&self, used: &[ClientKey]) {
-        self.clients.lock().expect("client cache lock").retain(|k, _| used.contains(k));
+        self.clients
+            .lock()
+            .expect("client cache lock")
+            .retain(|k, _| used.contains(k));
     }
 }
 
-fn build_client(ca_pem: Option<&str>, protocol: UpstreamProtocol, connect_timeout: Duration) -> Result<UpstreamClient, ClientError> {
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+fn build_client(
+    ca_pem: Option<&str>,
+    protocol: UpstreamProtocol,
+    connect_timeout: Duration,
+) -> Result<UpstreamClient, ClientError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
     if let Some(pem) = ca_pem {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
             .collect::<Result<_, _>>()
@@ -97,7 +111,9 @@ fn build_client(ca_pem: Option<&str>, protocol: UpstreamProtocol, connect_timeou
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
 
-    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
     let connector = match protocol {
         UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
         UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),

@@ -41,7 +41,16 @@ impl Served {
         let mut child = Command::new(BIN)
             .args(["serve", "--manifests"])
             .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--workers", "1", "--log-format", "json"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--log-format",
+                "json",
+            ])
             .env("RUST_LOG", "debug")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -61,14 +70,27 @@ impl Served {
                 logs2.lock().unwrap().push(line);
             }
         });
-        let (proxy, admin) = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("proxy did not start: {:?}", logs.lock().unwrap()));
-        Served { child, proxy: format!("http://{proxy}"), admin: format!("http://{admin}"), logs, _dir: dir }
+        let (proxy, admin) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("proxy did not start: {:?}", logs.lock().unwrap()));
+        Served {
+            child,
+            proxy: format!("http://{proxy}"),
+            admin: format!("http://{admin}"),
+            logs,
+            _dir: dir,
+        }
     }
 
     /// Peak resident memory of the proxy process, from the kernel's own accounting.
     fn peak_rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap();
         kb * 1024
     }
 
@@ -91,7 +113,10 @@ struct Pattern {
 }
 
 fn pattern_chunk(offset: u64, len: usize) -> Bytes {
-    (0..len).map(|i| ((offset + i as u64) % 251) as u8).collect::<Vec<_>>().into()
+    (0..len)
+        .map(|i| ((offset + i as u64) % 251) as u8)
+        .collect::<Vec<_>>()
+        .into()
 }
 
 impl http_body::Body for Pattern {
@@ -113,14 +138,20 @@ async fn streams_a_64_mib_upload_without_buffering_it() {
     const SIZE: u64 = 64 * 1024 * 1024;
     let up = Upstream::start(|seen| async move {
         let digest = hex::encode(Sha256::digest(&seen.body));
-        http::Response::new(http_body_util::Full::new(Bytes::from(format!("{} {digest}", seen.body.len()))))
+        http::Response::new(http_body_util::Full::new(Bytes::from(format!(
+            "{} {digest}",
+            seen.body.len()
+        ))))
     })
     .await;
     let served = Served::start(&route_yaml("upload", "/upload", &up.url(), "  bodyLimit: 134217728"));
     let before = served.peak_rss_bytes();
 
     let client: Client<_, Pattern> = Client::builder(TokioExecutor::new()).build_http();
-    let req = Request::post(format!("{}/upload/big", served.proxy)).header("content-type", "application/octet-stream").body(Pattern { sent: 0, total: SIZE }).unwrap();
+    let req = Request::post(format!("{}/upload/big", served.proxy))
+        .header("content-type", "application/octet-stream")
+        .body(Pattern { sent: 0, total: SIZE })
+        .unwrap();
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let answer = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
@@ -132,35 +163,76 @@ async fn streams_a_64_mib_upload_without_buffering_it() {
         expected.update(pattern_chunk(offset, len));
         offset += len as u64;
     }
-    assert_eq!(answer, format!("{SIZE} {}", hex::encode(expected.finalize())), "the upstream received every byte, in order");
+    assert_eq!(
+        answer,
+        format!("{SIZE} {}", hex::encode(expected.finalize())),
+        "the upstream received every byte, in order"
+    );
 
     let peak = served.peak_rss_bytes();
-    println!("proxy peak RSS: {:.1} MiB before, {:.1} MiB after a 64 MiB upload", before as f64 / 1048576.0, peak as f64 / 1048576.0);
-    assert!(peak < 32 * 1024 * 1024, "peak RSS {peak} bytes: the proxy buffered the upload");
+    println!(
+        "proxy peak RSS: {:.1} MiB before, {:.1} MiB after a 64 MiB upload",
+        before as f64 / 1048576.0,
+        peak as f64 / 1048576.0
+    );
+    assert!(
+        peak < 32 * 1024 * 1024,
+        "peak RSS {peak} bytes: the proxy buffered the upload"
+    );
 }
 
 #[tokio::test]
 async fn logs_never_carry_secrets() {
     let up = Upstream::ok().await;
     let manifests = secret_yaml("keys", &BTreeMap::from([("api", API_KEY)]))
-        + &route_yaml("api", "/api", &up.url(), "  forwardHeaders:\n  - name: authorization\n    valueFrom: {name: keys, key: api}")
-        + &route_yaml("gone", "/gone", "http://127.0.0.1:9", "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: keys, key: api}");
+        + &route_yaml(
+            "api",
+            "/api",
+            &up.url(),
+            "  forwardHeaders:\n  - name: authorization\n    valueFrom: {name: keys, key: api}",
+        )
+        + &route_yaml(
+            "gone",
+            "/gone",
+            "http://127.0.0.1:9",
+            "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: keys, key: api}",
+        );
     let served = Served::start(&manifests);
     let cookie = format!("session={COOKIE_VALUE}");
-    for path in [format!("/api/x?token={QUERY_TOKEN}"), format!("/gone/x?token={QUERY_TOKEN}"), format!("/nowhere?token={QUERY_TOKEN}")] {
-        get(&format!("{}{path}", served.proxy), &[("cookie", &cookie), ("authorization", "Bearer browser-forged")]).await;
+    for path in [
+        format!("/api/x?token={QUERY_TOKEN}"),
+        format!("/gone/x?token={QUERY_TOKEN}"),
+        format!("/nowhere?token={QUERY_TOKEN}"),
+    ] {
+        get(
+            &format!("{}{path}", served.proxy),
+            &[("cookie", &cookie), ("authorization", "Bearer browser-forged")],
+        )
+        .await;
     }
     assert_eq!(up.last().headers["authorization"], API_KEY);
     let metrics = get(&format!("{}/metrics", served.admin), &[]).await;
     let metrics = String::from_utf8_lossy(&metrics.body).to_string();
-    assert!(metrics.contains("keygate_requests_total{route=\"default/api\",status=\"200\"} 1"), "{metrics}");
-    assert!(metrics.contains("keygate_requests_total{route=\"default/gone\",status=\"502\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("keygate_requests_total{route=\"default/api\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keygate_requests_total{route=\"default/gone\",status=\"502\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("keygate_config_info{hash="), "{metrics}");
-    assert!(metrics.contains("keygate_upstream_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains("keygate_upstream_duration_seconds_bucket"),
+        "{metrics}"
+    );
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = served.logs();
-    assert!(logs.contains("\"status\":200") && logs.contains("UPSTREAM_UNAVAILABLE"), "access log lines were written: {logs}");
+    assert!(
+        logs.contains("\"status\":200") && logs.contains("UPSTREAM_UNAVAILABLE"),
+        "access log lines were written: {logs}"
+    );
     for secret in [API_KEY, COOKIE_VALUE, QUERY_TOKEN] {
         assert!(!logs.contains(secret), "a secret reached the logs");
         assert!(!metrics.contains(secret), "a secret reached the metrics");
@@ -171,7 +243,10 @@ async fn logs_never_carry_secrets() {
 async fn admin_ready_after_load() {
     let up = Upstream::ok().await;
     let served = Served::start(&route_yaml("api", "/api", &up.url(), ""));
-    assert_eq!(get(&format!("{}/healthz", served.admin), &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&format!("{}/healthz", served.admin), &[]).await.status,
+        StatusCode::OK
+    );
     let ready = get(&format!("{}/readyz", served.admin), &[]).await;
     assert_eq!(ready.status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&ready.body).contains("1 routes"));
@@ -182,14 +257,27 @@ fn check(manifests: &[(&str, &str)]) -> (i32, String, String) {
     for (name, text) in manifests {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
-    let out = Command::new(BIN).args(["check", "-f"]).arg(dir.path()).output().unwrap();
-    (out.status.code().unwrap(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    let out = Command::new(BIN)
+        .args(["check", "-f"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 #[test]
 fn check_accepts_a_good_folder() {
     let good = secret_yaml("keys", &BTreeMap::from([("api", API_KEY)]))
-        + &route_yaml("api", "/api", "https://api.example.com/v1", "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: keys, key: api}");
+        + &route_yaml(
+            "api",
+            "/api",
+            "https://api.example.com/v1",
+            "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: keys, key: api}",
+        );
     let (code, out, _) = check(&[("routes.yaml", &good)]);
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("ok: 1 route(s) in 1 file(s)"), "{out}");
@@ -202,7 +290,12 @@ fn check_names_each_bad_resource_field_and_fix() {
     let bad = route_yaml("no-slash", "api", "https://api.example.com", "")
         + &route_yaml("bad-url", "/bad", "ftp://files.example.com", "")
         + &route_yaml("zdup", "/fine", "https://other.example.com", "")
-        + &route_yaml("needs-secret", "/s", "https://api.example.com", "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: absent, key: api}")
+        + &route_yaml(
+            "needs-secret",
+            "/s",
+            "https://api.example.com",
+            "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: absent, key: api}",
+        )
         + &route_yaml("typo", "/t", "https://api.example.com", "  bodyLimt: 10");
     let (code, out, err) = check(&[("a-good.yaml", &good), ("b-bad.yaml", &bad)]);
     assert_eq!(code, 1, "{out}{err}");
@@ -222,7 +315,10 @@ fn check_names_each_bad_resource_field_and_fix() {
 
 #[test]
 fn check_refuses_a_missing_folder() {
-    let out = Command::new(BIN).args(["check", "-f", "/nonexistent/keygate"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-f", "/nonexistent/keygate"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/keygate"));
 }

@@ -21,7 +21,13 @@ fn with_key_secret(routes: &str) -> String {
 async fn upstream_gets_injected_key_and_clean_headers() {
     let up = Upstream::ok().await;
     let spec = "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: api-keys, key: payments}\n  - name: x-tenant\n    value: acme";
-    let proxy = Proxy::start(&with_key_secret(&route_yaml("pay", "/pay", &format!("{}/v1", up.url()), spec))).await;
+    let proxy = Proxy::start(&with_key_secret(&route_yaml(
+        "pay",
+        "/pay",
+        &format!("{}/v1", up.url()),
+        spec,
+    )))
+    .await;
 
     let got = get(
         &proxy.url("/pay/charges/42?expand=card&x=1"),
@@ -42,11 +48,20 @@ async fn upstream_gets_injected_key_and_clean_headers() {
 
     let seen = up.last();
     assert_eq!(seen.uri, "/v1/charges/42?expand=card&x=1");
-    assert_eq!(seen.headers["x-api-key"], API_KEY, "the Secret's key replaces whatever the browser sent");
+    assert_eq!(
+        seen.headers["x-api-key"], API_KEY,
+        "the Secret's key replaces whatever the browser sent"
+    );
     assert_eq!(seen.headers.get_all("x-api-key").iter().count(), 1);
     assert_eq!(seen.headers["x-tenant"], "acme");
-    assert!(seen.headers.get("cookie").is_none(), "browser cookies never reach the upstream");
-    assert!(seen.headers.get("x-hop-secret").is_none(), "headers named in Connection are hop-by-hop");
+    assert!(
+        seen.headers.get("cookie").is_none(),
+        "browser cookies never reach the upstream"
+    );
+    assert!(
+        seen.headers.get("x-hop-secret").is_none(),
+        "headers named in Connection are hop-by-hop"
+    );
     assert!(seen.headers.get("keep-alive").is_none());
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-host"], "app.example");
@@ -88,7 +103,10 @@ async fn set_cookie_dropped_and_location_renamed() {
     let proxy = Proxy::start(&route_yaml("whip", "/whip", &up.url(), spec)).await;
     let got = get(&proxy.url("/whip/endpoint"), &[]).await;
     assert_eq!(got.status, StatusCode::CREATED);
-    assert!(got.headers.get("set-cookie").is_none(), "upstream cookies never reach the browser");
+    assert!(
+        got.headers.get("set-cookie").is_none(),
+        "upstream cookies never reach the browser"
+    );
     assert!(got.headers.get("location").is_none());
     assert_eq!(got.headers["x-whip-resource"], "/whip/resource/7");
     assert!(got.headers.get("x-upstream-hop").is_none());
@@ -97,7 +115,13 @@ async fn set_cookie_dropped_and_location_renamed() {
 
 #[tokio::test]
 async fn cookie_passthrough_opts_out_of_cookie_rules() {
-    let up = Upstream::start(|_| async { Response::builder().header("set-cookie", "legacy=1").body(Full::new(Bytes::new())).unwrap() }).await;
+    let up = Upstream::start(|_| async {
+        Response::builder()
+            .header("set-cookie", "legacy=1")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    })
+    .await;
     let proxy = Proxy::start(&route_yaml("legacy", "/legacy", &up.url(), "  cookiePassthrough: true")).await;
     let got = get(&proxy.url("/legacy/x"), &[("cookie", "legacy=1")]).await;
     assert_eq!(got.headers["set-cookie"], "legacy=1");
@@ -107,7 +131,11 @@ async fn cookie_passthrough_opts_out_of_cookie_rules() {
 #[tokio::test]
 async fn sdp_body_arrives_byte_exact_both_ways() {
     let up = Upstream::start(|seen| async move {
-        Response::builder().header("content-type", "application/sdp").status(201).body(Full::new(seen.body)).unwrap()
+        Response::builder()
+            .header("content-type", "application/sdp")
+            .status(201)
+            .body(Full::new(seen.body))
+            .unwrap()
     })
     .await;
     let spec = "  methods: [POST]\n  contentTypes: [application/sdp]";
@@ -115,10 +143,17 @@ async fn sdp_body_arrives_byte_exact_both_ways() {
     let mut sdp = b"v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n".to_vec();
     sdp.extend((0u8..=255).collect::<Vec<_>>());
     sdp.extend(b"\r\n\r\n  trailing  \n");
-    let req = Request::post(proxy.url("/whip")).header("content-type", "application/sdp").body(Full::new(Bytes::from(sdp.clone()))).unwrap();
+    let req = Request::post(proxy.url("/whip"))
+        .header("content-type", "application/sdp")
+        .body(Full::new(Bytes::from(sdp.clone())))
+        .unwrap();
     let got = send(req).await;
     assert_eq!(got.status, StatusCode::CREATED);
-    assert_eq!(up.last().body.as_ref(), &sdp[..], "the upstream received the exact bytes");
+    assert_eq!(
+        up.last().body.as_ref(),
+        &sdp[..],
+        "the upstream received the exact bytes"
+    );
     assert_eq!(got.body.as_ref(), &sdp[..], "the browser received the exact bytes");
     assert_eq!(up.last().headers["content-type"], "application/sdp");
 }
@@ -130,14 +165,28 @@ async fn method_content_type_and_declared_size_refused_before_upstream() {
     let proxy = Proxy::start(&route_yaml("small", "/small", &up.url(), spec)).await;
 
     let got = get(&proxy.url("/small"), &[]).await;
-    assert_eq!((got.status, got.error_code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"));
+    assert_eq!(
+        (got.status, got.error_code().as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED")
+    );
 
-    let post = |ct: &str, body: &'static [u8]| Request::post(proxy.url("/small")).header("content-type", ct).body(Full::new(Bytes::from_static(body))).unwrap();
+    let post = |ct: &str, body: &'static [u8]| {
+        Request::post(proxy.url("/small"))
+            .header("content-type", ct)
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap()
+    };
     let got = send(post("text/plain", b"hello")).await;
-    assert_eq!((got.status, got.error_code().as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"));
+    assert_eq!(
+        (got.status, got.error_code().as_str()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+    );
 
     let got = send(post("application/json", b"{\"a\":\"0123456789\"}")).await;
-    assert_eq!((got.status, got.error_code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE"));
+    assert_eq!(
+        (got.status, got.error_code().as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE")
+    );
     assert_eq!(got.json()["proxy_error"]["route"], "default/small");
 
     assert_eq!(up.count(), 0, "nothing refused reached the upstream");
@@ -155,7 +204,9 @@ async fn chunked_body_over_the_limit_gets_413() {
     s.write_all(b"POST /small/upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-type: application/octet-stream\r\n\r\n").await.unwrap();
     for _ in 0..4 {
         // 4 × 400 bytes: the limit is crossed in the third chunk, with no length declared.
-        s.write_all(format!("{:x}\r\n{}\r\n", 400, "x".repeat(400)).as_bytes()).await.unwrap();
+        s.write_all(format!("{:x}\r\n{}\r\n", 400, "x".repeat(400)).as_bytes())
+            .await
+            .unwrap();
     }
     s.write_all(b"0\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
@@ -185,17 +236,30 @@ async fn slow_upstream_gets_504_and_refused_connection_502() {
         Response::new(Full::new(Bytes::new()))
     })
     .await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let routes = route_yaml("slow", "/slow", &slow.url(), "  timeouts: {request: 200ms}") + &route_yaml("gone", "/gone", &format!("http://{closed}"), "");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let routes = route_yaml("slow", "/slow", &slow.url(), "  timeouts: {request: 200ms}")
+        + &route_yaml("gone", "/gone", &format!("http://{closed}"), "");
     let proxy = Proxy::start(&routes).await;
 
     let started = std::time::Instant::now();
     let got = get(&proxy.url("/slow"), &[]).await;
-    assert_eq!((got.status, got.error_code().as_str()), (StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT"));
-    assert!(started.elapsed() < Duration::from_secs(4), "the route's 200ms timeout applied, not the upstream's 5s");
+    assert_eq!(
+        (got.status, got.error_code().as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the route's 200ms timeout applied, not the upstream's 5s"
+    );
 
     let got = get(&proxy.url("/gone"), &[]).await;
-    assert_eq!((got.status, got.error_code().as_str()), (StatusCode::BAD_GATEWAY, "UPSTREAM_UNAVAILABLE"));
+    assert_eq!(
+        (got.status, got.error_code().as_str()),
+        (StatusCode::BAD_GATEWAY, "UPSTREAM_UNAVAILABLE")
+    );
 }
 
 #[tokio::test]
@@ -208,13 +272,23 @@ async fn connect_timeout_gets_504() {
     let addr = listener.local_addr().unwrap();
     let mut fillers = Vec::new();
     for _ in 0..8 {
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
+        {
             fillers.push(s);
         }
     }
-    let proxy = Proxy::start(&route_yaml("hole", "/hole", &format!("http://{addr}"), "  timeouts: {connect: 300ms, request: 10s}")).await;
+    let proxy = Proxy::start(&route_yaml(
+        "hole",
+        "/hole",
+        &format!("http://{addr}"),
+        "  timeouts: {connect: 300ms, request: 10s}",
+    ))
+    .await;
     let got = get(&proxy.url("/hole"), &[]).await;
-    assert_eq!((got.status, got.error_code().as_str()), (StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_CONNECT_TIMEOUT"));
+    assert_eq!(
+        (got.status, got.error_code().as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_CONNECT_TIMEOUT")
+    );
     drop(listener);
 }
 
@@ -237,12 +311,26 @@ async fn client_disconnect_cancels_the_upstream_request() {
         }
         let _ = hung_up_tx.send(total);
     });
-    let proxy = Proxy::start(&route_yaml("hang", "/hang", &format!("http://{up_addr}"), "  timeouts: {request: 60s}")).await;
+    let proxy = Proxy::start(&route_yaml(
+        "hang",
+        "/hang",
+        &format!("http://{up_addr}"),
+        "  timeouts: {request: 60s}",
+    ))
+    .await;
     let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    client.write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    client
+        .write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(client);
     let got = tokio::time::timeout(Duration::from_secs(5), hung_up_rx).await;
-    let bytes = got.expect("the upstream connection stayed open after the client left").unwrap();
-    assert!(bytes > 0, "the upstream had received the request before the client left");
+    let bytes = got
+        .expect("the upstream connection stayed open after the client left")
+        .unwrap();
+    assert!(
+        bytes > 0,
+        "the upstream had received the request before the client left"
+    );
 }

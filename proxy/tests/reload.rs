@@ -3,15 +3,20 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
 
 fn versioned(up: &Upstream, version: usize) -> String {
-    route_yaml("api", "/api", &up.url(), &format!("  forwardHeaders:\n  - name: x-config-version\n    value: \"{version}\""))
+    route_yaml(
+        "api",
+        "/api",
+        &up.url(),
+        &format!("  forwardHeaders:\n  - name: x-config-version\n    value: \"{version}\""),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,7 +31,9 @@ async fn changes_under_load_lose_no_request() {
         load.push(tokio::spawn(async move {
             let client = client();
             while !stop.load(Ordering::Relaxed) {
-                let req = http::Request::get(proxy.url("/api/x")).body(Default::default()).unwrap();
+                let req = http::Request::get(proxy.url("/api/x"))
+                    .body(Default::default())
+                    .unwrap();
                 match client.request(req).await {
                     Ok(r) if r.status() == StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
                     _ => failed.fetch_add(1, Ordering::Relaxed),
@@ -46,9 +53,18 @@ async fn changes_under_load_lose_no_request() {
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during reloads");
     assert!(ok.load(Ordering::Relaxed) > 50, "the load loop ran");
-    let versions: std::collections::BTreeSet<String> = up.seen.lock().unwrap().iter().map(|s| s.headers["x-config-version"].to_str().unwrap().to_string()).collect();
+    let versions: std::collections::BTreeSet<String> = up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.headers["x-config-version"].to_str().unwrap().to_string())
+        .collect();
     assert!(versions.contains("10"), "the last change is served: {versions:?}");
-    assert!(versions.len() >= 3, "changes were observed while the load ran: {versions:?}");
+    assert!(
+        versions.len() >= 3,
+        "changes were observed while the load ran: {versions:?}"
+    );
 }
 
 #[tokio::test]
@@ -58,14 +74,22 @@ async fn broken_changes_are_refused_and_old_routes_keep_answering() {
     let good = proxy.hash();
     let refused = |p: &Proxy| {
         let m = p.shared.metrics.render();
-        m.lines().find(|l| l.starts_with("keygate_config_reloads_total{result=\"refused\"}")).map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap()).unwrap_or(0)
+        m.lines()
+            .find(|l| l.starts_with("keygate_config_reloads_total{result=\"refused\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .unwrap_or(0)
     };
 
     let broken = [
         "apiVersion: keygate.dev/v1alpha1\nkind: ProxyRoute\nmetadata: {name: api\n  spec: [",
         &route_yaml("api", "api-without-slash", &up.url(), ""),
         &route_yaml("api", "/api", &up.url(), "  bodyLimitt: 5"),
-        &route_yaml("api", "/api", &up.url(), "  forwardHeaders:\n  - name: x-key\n    valueFrom: {name: missing, key: k}"),
+        &route_yaml(
+            "api",
+            "/api",
+            &up.url(),
+            "  forwardHeaders:\n  - name: x-key\n    valueFrom: {name: missing, key: k}",
+        ),
     ];
     for (i, yaml) in broken.iter().enumerate() {
         proxy.rewrite(yaml);
@@ -79,14 +103,21 @@ async fn broken_changes_are_refused_and_old_routes_keep_answering() {
         assert!(refused(&proxy) > before, "change {i} was not refused");
         assert_eq!(proxy.hash(), good, "change {i} replaced the live config");
         let got = get(&proxy.url("/api/still"), &[]).await;
-        assert_eq!(got.status, StatusCode::OK, "change {i}: the old route stopped answering");
+        assert_eq!(
+            got.status,
+            StatusCode::OK,
+            "change {i}: the old route stopped answering"
+        );
     }
 
     // A good change after broken ones is applied; removing the route makes it 404.
     proxy.rewrite(&route_yaml("other", "/other", &up.url(), ""));
     proxy.wait_for_new_config(&good).await;
     let got = get(&proxy.url("/api/still"), &[]).await;
-    assert_eq!((got.status, got.error_code().as_str()), (StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND"));
+    assert_eq!(
+        (got.status, got.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND")
+    );
     assert_eq!(get(&proxy.url("/other"), &[]).await.status, StatusCode::OK);
 }
 
@@ -120,10 +151,21 @@ fn compiled(yaml: &str) -> (Vec<u8>, Vec<u8>) {
 async fn mounted_snapshot_follows_the_kubelet_symlink_swap() {
     let up = Upstream::ok().await;
     let dir = tempfile::tempdir().unwrap();
-    let key = |v: &str| secret_yaml_one("keys", "api", v) + &route_yaml("api", "/api", &up.url(), "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: keys, key: api}");
+    let key = |v: &str| {
+        secret_yaml_one("keys", "api", v)
+            + &route_yaml(
+                "api",
+                "/api",
+                &up.url(),
+                "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: keys, key: api}",
+            )
+    };
     let (snap1, sec1) = compiled(&key("key-one"));
     kubelet_update(dir.path(), 1, &snap1, &sec1);
-    let source = keygate_proxy::source::Source::Snapshot { config_dir: dir.path().to_path_buf(), secrets_dir: dir.path().to_path_buf() };
+    let source = keygate_proxy::source::Source::Snapshot {
+        config_dir: dir.path().to_path_buf(),
+        secrets_dir: dir.path().to_path_buf(),
+    };
     let proxy = Proxy::start_on(source, dir).await;
     get(&proxy.url("/api"), &[]).await;
     assert_eq!(up.last().headers["x-api-key"], "key-one");
@@ -146,7 +188,11 @@ async fn mounted_snapshot_follows_the_kubelet_symlink_swap() {
     let (snap3, _) = compiled(&(key("key-two") + &route_yaml("more", "/more", &up.url(), "")));
     kubelet_update(proxy.dir.path(), 3, &snap3, &sec2);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(proxy.hash(), old, "a snapshot was served with secrets of another snapshot");
+    assert_eq!(
+        proxy.hash(),
+        old,
+        "a snapshot was served with secrets of another snapshot"
+    );
     assert_eq!(get(&proxy.url("/more"), &[]).await.status, StatusCode::NOT_FOUND);
     // Then the Secret catches up.
     let (snap3, sec3) = compiled(&(key("key-two") + &route_yaml("more", "/more", &up.url(), "")));

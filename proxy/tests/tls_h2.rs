@@ -21,8 +21,8 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
@@ -46,9 +46,7 @@ struct TestCa {
 impl TestCa {
     fn new() -> TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Keygate test CA");
+        params.distinguished_name.push(DnType::CommonName, "Keygate test CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -99,14 +97,13 @@ struct Server {
 impl Server {
     /// HTTPS, HTTP/1.1 and HTTP/2 (by ALPN), serving `cert`.
     async fn tls(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Server {
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert], key)
+                .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Server::start(Some(TlsAcceptor::from(Arc::new(config)))).await
     }
@@ -124,11 +121,7 @@ impl Server {
             alpn: Arc::default(),
             hits: Arc::default(),
         };
-        let (accepted, alpn, hits) = (
-            server.accepted.clone(),
-            server.alpn.clone(),
-            server.hits.clone(),
-        );
+        let (accepted, alpn, hits) = (server.accepted.clone(), server.alpn.clone(), server.hits.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -142,19 +135,14 @@ impl Server {
                         async move {
                             let (parts, body) = req.into_parts();
                             let _ = body.collect().await;
-                            let path_and_query = parts
-                                .uri
-                                .path_and_query()
-                                .map(ToString::to_string)
-                                .unwrap_or_default();
+                            let path_and_query =
+                                parts.uri.path_and_query().map(ToString::to_string).unwrap_or_default();
                             hits.lock().unwrap().push(Hit {
                                 version: parts.version,
                                 path_and_query,
                                 headers: parts.headers,
                             });
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                                b"upstream ok",
-                            ))))
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"upstream ok"))))
                         }
                     });
                     match tls {
@@ -169,10 +157,9 @@ impl Server {
                                 .alpn_protocol()
                                 .map(|p| String::from_utf8_lossy(p).into_owned());
                             alpn.lock().unwrap().push(negotiated);
-                            let _ =
-                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(stream), svc)
-                                    .await;
+                            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
                         }
                         None => {
                             let _ = hyper::server::conn::http1::Builder::new()
@@ -261,20 +248,9 @@ async fn private_ca_bundle_and_alpn_h2_reach_the_https_upstream() {
         "ALPN offered h2, so the upstream hop is HTTP/2"
     );
     assert_eq!(last.path_and_query, "/charges/2?expand=card");
-    assert_eq!(
-        last.headers["x-api-key"], API_KEY,
-        "the injected key arrives over TLS"
-    );
-    assert_eq!(
-        up.alpn(),
-        vec![Some("h2".to_string())],
-        "one handshake, ALPN chose h2"
-    );
-    assert_eq!(
-        up.accepted(),
-        1,
-        "HTTP/2 requests share one pooled connection"
-    );
+    assert_eq!(last.headers["x-api-key"], API_KEY, "the injected key arrives over TLS");
+    assert_eq!(up.alpn(), vec![Some("h2".to_string())], "one handshake, ALPN chose h2");
+    assert_eq!(up.accepted(), 1, "HTTP/2 requests share one pooled connection");
 }
 
 #[tokio::test]
@@ -285,19 +261,11 @@ async fn upstream_protocol_http1_speaks_http1_over_tls() {
     let proxy = Proxy::start(&tls_manifests(&up.https_url(), Some(&ca), "http1")).await;
 
     let got = get_within(&proxy.url("/api/ping")).await;
-    assert_eq!(
-        got.status,
-        StatusCode::OK,
-        "{:?}",
-        String::from_utf8_lossy(&got.body)
-    );
+    assert_eq!(got.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&got.body));
     let hits = up.hits();
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].version, Version::HTTP_11);
-    assert_eq!(
-        hits[0].headers["host"],
-        format!("localhost:{}", up.addr.port())
-    );
+    assert_eq!(hits[0].headers["host"], format!("localhost:{}", up.addr.port()));
     assert_eq!(hits[0].headers["x-api-key"], API_KEY);
     let alpn = up.alpn();
     assert_eq!(alpn.len(), 1, "one handshake");
@@ -326,10 +294,7 @@ async fn certificate_from_an_unknown_ca_is_refused_with_upstream_tls() {
         "the message says the issuer is unknown: {message}"
     );
     assert!(!message.contains(API_KEY));
-    assert!(
-        up.hits().is_empty(),
-        "no request went over an untrusted connection"
-    );
+    assert!(up.hits().is_empty(), "no request went over an untrusted connection");
 }
 
 #[tokio::test]
@@ -347,30 +312,16 @@ async fn certificate_for_another_name_is_refused_with_upstream_tls() {
         message.contains("certificate") && message.contains("name"),
         "the message says the name does not match: {message}"
     );
-    assert!(
-        up.hits().is_empty(),
-        "no request went to a server with the wrong name"
-    );
+    assert!(up.hits().is_empty(), "no request went to a server with the wrong name");
 }
 
 #[tokio::test]
 async fn upstream_protocol_http2_uses_prior_knowledge_on_cleartext() {
     let up = Upstream::ok().await;
-    let proxy = Proxy::start(&route_yaml(
-        "h2c",
-        "/h2c",
-        &up.url(),
-        "  upstreamProtocol: http2",
-    ))
-    .await;
+    let proxy = Proxy::start(&route_yaml("h2c", "/h2c", &up.url(), "  upstreamProtocol: http2")).await;
 
     let got = get_within(&proxy.url("/h2c/stream?x=1")).await;
-    assert_eq!(
-        got.status,
-        StatusCode::OK,
-        "{:?}",
-        String::from_utf8_lossy(&got.body)
-    );
+    assert_eq!(got.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&got.body));
     assert_eq!(got.body, "upstream ok");
     let seen = up.last();
     assert_eq!(
@@ -383,17 +334,11 @@ async fn upstream_protocol_http2_uses_prior_knowledge_on_cleartext() {
 
 #[tokio::test]
 async fn http2_client_is_served_and_upstream_gets_http1() {
-    let up = Upstream::start(|seen| async move {
-        Response::builder()
-            .status(201)
-            .body(Full::new(seen.body))
-            .unwrap()
-    })
-    .await;
-    let spec =
-        "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: api-keys, key: payments}";
-    let yaml = secret_yaml("api-keys", &BTreeMap::from([("payments", API_KEY)]))
-        + &route_yaml("api", "/api", &up.url(), spec);
+    let up = Upstream::start(|seen| async move { Response::builder().status(201).body(Full::new(seen.body)).unwrap() })
+        .await;
+    let spec = "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: api-keys, key: payments}";
+    let yaml =
+        secret_yaml("api-keys", &BTreeMap::from([("payments", API_KEY)])) + &route_yaml("api", "/api", &up.url(), spec);
     let proxy = Proxy::start(&yaml).await;
 
     let h2 = Client::builder(TokioExecutor::new())
@@ -408,20 +353,13 @@ async fn http2_client_is_served_and_upstream_gets_http1() {
     let resp = within("the HTTP/2 request", h2.request(req))
         .await
         .expect("HTTP/2 request to the proxy failed");
-    assert_eq!(
-        resp.version(),
-        Version::HTTP_2,
-        "the proxy answered in HTTP/2"
-    );
+    assert_eq!(resp.version(), Version::HTTP_2, "the proxy answered in HTTP/2");
     assert_eq!(resp.status(), StatusCode::CREATED);
     let body = within("the HTTP/2 response body", resp.into_body().collect())
         .await
         .unwrap()
         .to_bytes();
-    assert_eq!(
-        body, "{\"name\":\"widget\"}",
-        "the upstream's answer came back whole"
-    );
+    assert_eq!(body, "{\"name\":\"widget\"}", "the upstream's answer came back whole");
 
     let seen = up.last();
     assert_eq!(seen.version, Version::HTTP_11);

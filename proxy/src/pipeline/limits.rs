@@ -77,7 +77,10 @@ mod tests {
     fn methods() {
         let r = route(&["GET", "POST"], &[], 10);
         assert_eq!(check(&r, &parts("GET", &[])), Ok(()));
-        assert_eq!(check(&r, &parts("DELETE", &[])), Err(ProxyError::MethodNotAllowed("DELETE".into())));
+        assert_eq!(
+            check(&r, &parts("DELETE", &[])),
+            Err(ProxyError::MethodNotAllowed("DELETE".into()))
+        );
         assert_eq!(check(&route(&[], &[], 10), &parts("DELETE", &[])), Ok(()));
     }
 
@@ -85,8 +88,14 @@ mod tests {
     fn declared_body_size() {
         let r = route(&[], &[], 10);
         assert_eq!(check(&r, &parts("POST", &[("content-length", "10")])), Ok(()));
-        assert_eq!(check(&r, &parts("POST", &[("content-length", "11")])), Err(ProxyError::BodyTooLarge(10)));
-        assert!(matches!(check(&r, &parts("POST", &[("content-length", "ten")])), Err(ProxyError::BadRequest(_))));
+        assert_eq!(
+            check(&r, &parts("POST", &[("content-length", "11")])),
+            Err(ProxyError::BodyTooLarge(10))
+        );
+        assert!(matches!(
+            check(&r, &parts("POST", &[("content-length", "ten")])),
+            Err(ProxyError::BadRequest(_))
+        ));
     }
 
     #[test]
@@ -94,10 +103,22 @@ mod tests {
         let r = route(&[], &["application/sdp", "application/json"], 100);
         let ok = parts("POST", &[("content-length", "5"), ("content-type", "Application/SDP")]);
         assert_eq!(check(&r, &ok), Ok(()));
-        let with_params = parts("POST", &[("content-length", "5"), ("content-type", "application/json; charset=utf-8")]);
+        let with_params = parts(
+            "POST",
+            &[
+                ("content-length", "5"),
+                ("content-type", "application/json; charset=utf-8"),
+            ],
+        );
         assert_eq!(check(&r, &with_params), Ok(()));
-        let bad = parts("POST", &[("transfer-encoding", "chunked"), ("content-type", "text/plain")]);
-        assert_eq!(check(&r, &bad), Err(ProxyError::UnsupportedMediaType("text/plain".into())));
+        let bad = parts(
+            "POST",
+            &[("transfer-encoding", "chunked"), ("content-type", "text/plain")],
+        );
+        assert_eq!(
+            check(&r, &bad),
+            Err(ProxyError::UnsupportedMediaType("text/plain".into()))
+        );
         assert_eq!(check(&r, &parts("GET", &[])), Ok(()));
     }
 }

@@ -6,13 +6,19 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{request::Parts, Uri};
+use http::{Uri, request::Parts};
 
 use crate::config::LiveRoute;
 use crate::error::ProxyError;
 
 /// The upstream URI for a request to `path_and_query` on `route`.
-pub fn upstream_uri(route: &LiveRoute, scheme: &Scheme, authority: &Authority, base_path: &str, uri: &Uri) -> Result<Uri, ProxyError> {
+pub fn upstream_uri(
+    route: &LiveRoute,
+    scheme: &Scheme,
+    authority: &Authority,
+    base_path: &str,
+    uri: &Uri,
+) -> Result<Uri, ProxyError> {
     let path = uri.path();
     let rest = if route.spec.strip_prefix && route.spec.path_prefix != "/" {
         &path[route.spec.path_prefix.len().min(path.len())..]
@@ -40,16 +46,19 @@ pub fn upstream_uri(route: &LiveRoute, scheme: &Scheme, authority: &Authority, b
 
 /// Rewrites the client's headers in place into the upstream's.
 pub fn rewrite_headers(route: &LiveRoute, parts: &mut Parts, peer: SocketAddr) {
-    let original_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let headers = &mut parts.headers;
     super::strip_hop_by_hop(headers);
     // The client may not vouch for who it is; hyper sets Host from the upstream URI.
     headers.remove(header::HOST);
-    if !route.spec.cookie_passthrough {
+    if route.spec.cookie_passthrough {
+        join_cookies(headers);
+    } else {
         headers.remove(header::COOKIE);
     }
     forwarded_for(headers, peer);
@@ -62,6 +71,22 @@ pub fn rewrite_headers(route: &LiveRoute, parts: &mut Parts, peer: SocketAddr) {
     }
 }
 
+/// HTTP/2 clients may send each cookie as its own field; an HTTP/1.1 upstream must get them as
+/// one `Cookie` header joined by `; ` (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Appends the peer to `X-Forwarded-For`, keeping the chain earlier proxies built.
 fn forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = peer.ip().to_string();
@@ -71,5 +96,85 @@ fn forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     };
     if let Ok(v) = HeaderValue::from_str(&chain) {
         headers.insert("x-forwarded-for", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Target, test_route};
+    use http::Request;
+
+    fn forwarded(route: &LiveRoute, uri: &str) -> String {
+        let Target::Fixed {
+            scheme,
+            authority,
+            base_path,
+        } = &route.target
+        else {
+            unreachable!()
+        };
+        upstream_uri(route, scheme, authority, base_path, &uri.parse().unwrap())
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn base_url_semantics() {
+        let strip = test_route(serde_json::json!({}));
+        assert_eq!(
+            forwarded(&strip, "/r/a/b?x=1&y=%20"),
+            "http://127.0.0.1:1/base/a/b?x=1&y=%20"
+        );
+        assert_eq!(forwarded(&strip, "/r"), "http://127.0.0.1:1/base");
+        assert_eq!(forwarded(&strip, "/r/"), "http://127.0.0.1:1/base/");
+        let keep = test_route(serde_json::json!({"stripPrefix": false}));
+        assert_eq!(forwarded(&keep, "/r/a"), "http://127.0.0.1:1/base/r/a");
+        let root = test_route(
+            serde_json::json!({"pathPrefix": "/", "destination": {"type": "upstream", "url": "http://127.0.0.1:1"}}),
+        );
+        assert_eq!(forwarded(&root, "/a?q"), "http://127.0.0.1:1/a?q");
+    }
+
+    fn rewritten(route: &LiveRoute, headers: &[(&str, &str)]) -> HeaderMap {
+        let mut b = Request::get("/r");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let mut parts = b.body(()).unwrap().into_parts().0;
+        rewrite_headers(route, &mut parts, "192.0.2.7:5000".parse().unwrap());
+        parts.headers
+    }
+
+    #[test]
+    fn cookies_dropped_unless_passed_through_and_then_joined() {
+        let cookies = [("cookie", "a=1"), ("cookie", "b=2")];
+        assert!(
+            rewritten(&test_route(serde_json::json!({})), &cookies)
+                .get("cookie")
+                .is_none()
+        );
+        let through = rewritten(&test_route(serde_json::json!({"cookiePassthrough": true})), &cookies);
+        assert_eq!(through.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+    }
+
+    #[test]
+    fn forwarded_headers_and_injection_win_over_the_client() {
+        let route =
+            test_route(serde_json::json!({"forwardHeaders": [{"name": "x-api-key", "value": {"literal": "server"}}]}));
+        let h = rewritten(
+            &route,
+            &[
+                ("x-api-key", "client"),
+                ("host", "app.example"),
+                ("x-forwarded-for", "198.51.100.1"),
+            ],
+        );
+        assert_eq!(h["x-api-key"], "server");
+        assert_eq!(h.get_all("x-api-key").iter().count(), 1);
+        assert!(h.get("host").is_none(), "hyper sets Host from the upstream URI");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
     }
 }

@@ -34,8 +34,7 @@ pub struct Seen {
     pub body: Bytes,
 }
 
-type Handler =
-    Arc<dyn Fn(Seen) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> + Send + Sync>;
+type Handler = Arc<dyn Fn(Seen) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> + Send + Sync>;
 
 /// A real HTTP/1.1 + HTTP/2 (cleartext) upstream that records every request.
 pub struct Upstream {
@@ -46,8 +45,7 @@ pub struct Upstream {
 impl Upstream {
     /// Answers 200 with `upstream ok`.
     pub async fn ok() -> Upstream {
-        Upstream::start(|_| async { Response::new(Full::new(Bytes::from_static(b"upstream ok"))) })
-            .await
+        Upstream::start(|_| async { Response::new(Full::new(Bytes::from_static(b"upstream ok"))) }).await
     }
 
     /// Answers with `handler`'s response.
@@ -74,11 +72,7 @@ impl Upstream {
                         let seen = seen.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             let s = Seen {
                                 method: parts.method.to_string(),
                                 uri: parts.uri.to_string(),
@@ -136,8 +130,8 @@ impl Proxy {
     /// Starts a proxy on any source; `dir` is kept alive with it.
     pub async fn start_on(source: Source, dir: tempfile::TempDir) -> Proxy {
         let shared = Arc::new(Shared::default());
-        let (digest, _) = source::load_once(&source, &shared)
-            .unwrap_or_else(|e| panic!("test manifests do not load: {e}"));
+        let (digest, _) =
+            source::load_once(&source, &shared).unwrap_or_else(|e| panic!("test manifests do not load: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(source::watch(
@@ -180,12 +174,7 @@ impl Proxy {
     }
 
     pub fn hash(&self) -> String {
-        self.shared
-            .config
-            .load_full()
-            .expect("config loaded")
-            .hash
-            .clone()
+        self.shared.config.load_full().expect("config loaded").hash.clone()
     }
 }
 
@@ -245,9 +234,7 @@ pub fn route_yaml(name: &str, prefix: &str, upstream: &str, spec: &str) -> Strin
 
 /// A Secret manifest.
 pub fn secret_yaml(name: &str, data: &BTreeMap<&str, &str>) -> String {
-    let mut s = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\nstringData:\n"
-    );
+    let mut s = format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\nstringData:\n");
     for (k, v) in data {
         s.push_str(&format!("  {k}: {v:?}\n"));
     }
