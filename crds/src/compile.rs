@@ -12,12 +12,10 @@ use kube::{Resource, ResourceExt};
 
 use crate::report::{Kind, ObjectRef, Problem, Report, reasons};
 use crate::resources::common::{SecretKeyRef, parse_duration_ms};
-use crate::resources::{
-    CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule,
-};
+use crate::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
 use crate::snapshot::{
-    Destination, HeaderValue, InjectedHeader, RenamedHeader, Route, SNAPSHOT_FORMAT, SecretId,
-    SecretSnapshot, Snapshot, secret_id,
+    Destination, HeaderValue, InjectedHeader, RenamedHeader, Route, SNAPSHOT_FORMAT, SecretId, SecretSnapshot,
+    Snapshot, secret_id,
 };
 
 /// Namespace of a resource whose manifest names none, as kubectl would apply it.
@@ -97,58 +95,33 @@ pub fn compile(input: &Resources) -> Compiled {
             ..Snapshot::default()
         },
     };
-    c.snapshot.cookie_translations = c.compile_kind(
-        &input.cookie_translations,
-        Kind::CookieTranslation,
-        |c, ns, spec, p| {
+    c.snapshot.cookie_translations =
+        c.compile_kind(&input.cookie_translations, Kind::CookieTranslation, |c, ns, spec, p| {
             for (i, key) in spec.encryption_keys.iter().enumerate() {
-                c.secret_key(
-                    ns,
-                    key,
-                    &format!("spec.encryptionKeys[{i}]"),
-                    &mut p.secrets,
-                );
+                c.secret_key(ns, key, &format!("spec.encryptionKeys[{i}]"), &mut p.secrets);
             }
-        },
-    );
-    c.snapshot.allowlists = c.compile_kind(
-        &input.allowlists,
-        Kind::ExternalAllowlist,
-        |c, ns, spec, p| {
-            if let Some(ca) = &spec.ca_bundle {
-                c.secret_key(ns, ca, "spec.caBundle", &mut p.secrets);
-            }
-        },
-    );
-    c.snapshot.vault_rules = c.compile_kind(
-        &input.vault_rules,
-        Kind::TokenVaultRule,
-        |c, ns, spec, p| {
-            if let Some(s) = &spec.source.secret_ref {
-                c.whole_secret(ns, &s.name, "spec.source.secretRef", &mut p.secrets);
-            }
-            if let Some(url) = &spec.source.redis_url {
-                c.secret_key(ns, url, "spec.source.redisUrl", &mut p.secrets);
-            }
-            for (i, key) in spec.source.encryption_keys.iter().enumerate() {
-                c.secret_key(
-                    ns,
-                    key,
-                    &format!("spec.source.encryptionKeys[{i}]"),
-                    &mut p.secrets,
-                );
-            }
-        },
-    );
-    c.snapshot.session_policies = c.compile_kind(
-        &input.session_policies,
-        Kind::SessionChainPolicy,
-        |c, ns, spec, p| {
+        });
+    c.snapshot.allowlists = c.compile_kind(&input.allowlists, Kind::ExternalAllowlist, |c, ns, spec, p| {
+        if let Some(ca) = &spec.ca_bundle {
+            c.secret_key(ns, ca, "spec.caBundle", &mut p.secrets);
+        }
+    });
+    c.snapshot.vault_rules = c.compile_kind(&input.vault_rules, Kind::TokenVaultRule, |c, ns, spec, p| {
+        if let Some(s) = &spec.source.secret_ref {
+            c.whole_secret(ns, &s.name, "spec.source.secretRef", &mut p.secrets);
+        }
+        if let Some(url) = &spec.source.redis_url {
+            c.secret_key(ns, url, "spec.source.redisUrl", &mut p.secrets);
+        }
+        for (i, key) in spec.source.encryption_keys.iter().enumerate() {
+            c.secret_key(ns, key, &format!("spec.source.encryptionKeys[{i}]"), &mut p.secrets);
+        }
+    });
+    c.snapshot.session_policies =
+        c.compile_kind(&input.session_policies, Kind::SessionChainPolicy, |c, ns, spec, p| {
             if parse_duration_ms(&spec.ttl).is_none_or(|ms| ms == 0) {
-                p.invalid.push(problem(
-                    "spec.ttl",
-                    "must be a positive duration such as 30m",
-                ));
+                p.invalid
+                    .push(problem("spec.ttl", "must be a positive duration such as 30m"));
             }
             c.whole_secret(
                 ns,
@@ -159,13 +132,10 @@ pub fn compile(input: &Resources) -> Compiled {
             if let Some(s) = &spec.redis_url {
                 c.secret_key(ns, s, "spec.redisUrl", &mut p.secrets);
             }
-        },
-    );
+        });
     c.compile_routes(&input.routes);
 
-    c.snapshot
-        .routes
-        .sort_by(|a, b| a.path_prefix.cmp(&b.path_prefix));
+    c.snapshot.routes.sort_by(|a, b| a.path_prefix.cmp(&b.path_prefix));
     c.reports.sort_by(|a, b| a.object.cmp(&b.object));
     let snapshot_hash = c.snapshot.hash();
     Compiled {
@@ -195,12 +165,8 @@ impl SecretIndex {
     fn new(secrets: &[Secret]) -> Self {
         let mut by_name = HashMap::new();
         for s in secrets {
-            let mut data: BTreeMap<String, Vec<u8>> = s
-                .data
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.0.clone()))
-                .collect();
+            let mut data: BTreeMap<String, Vec<u8>> =
+                s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
             for (k, v) in s.string_data.iter().flatten() {
                 data.insert(k.clone(), v.clone().into_bytes());
             }
@@ -296,10 +262,7 @@ impl Compiler<'_> {
             } else if !checks.secrets.is_empty() {
                 self.refuse(object, item, reasons::SECRET_NOT_FOUND, checks.secrets);
             } else {
-                out.insert(
-                    format!("{}/{}", object.namespace, object.name),
-                    item.spec().clone(),
-                );
+                out.insert(format!("{}/{}", object.namespace, object.name), item.spec().clone());
                 self.accept(object, item);
             }
         }
@@ -356,10 +319,7 @@ impl Compiler<'_> {
                 }
             };
             if let Some(owner) = claimed.get(&compiled.path_prefix) {
-                let p = problem(
-                    "spec.pathPrefix",
-                    conflict_message(&compiled.path_prefix, route, owner),
-                );
+                let p = problem("spec.pathPrefix", conflict_message(&compiled.path_prefix, route, owner));
                 self.refuse(object, route, reasons::CONFLICT, vec![p]);
                 continue;
             }
@@ -369,12 +329,7 @@ impl Compiler<'_> {
         }
     }
 
-    fn compile_route(
-        &mut self,
-        route: &ProxyRoute,
-        ns: &str,
-        id: &str,
-    ) -> Result<Route, (&'static str, Vec<Problem>)> {
+    fn compile_route(&mut self, route: &ProxyRoute, ns: &str, id: &str) -> Result<Route, (&'static str, Vec<Problem>)> {
         let problems = route.cel_problems();
         if !problems.is_empty() {
             return Err((reasons::INVALID, problems));
@@ -401,10 +356,7 @@ impl Compiler<'_> {
                 allowlist: format!("{ns}/{allowlist}"),
             }),
             _ => {
-                invalid.push(problem(
-                    "spec",
-                    "set exactly one of upstream or allowlistRef",
-                ));
+                invalid.push(problem("spec", "set exactly one of upstream or allowlistRef"));
                 None
             }
         };
@@ -491,15 +443,12 @@ impl Compiler<'_> {
         for (i, h) in spec.forward_headers.iter().enumerate() {
             let value = match (&h.value, &h.value_from) {
                 (Some(v), None) => HeaderValue::Literal { literal: v.clone() },
-                (None, Some(r)) => match self.secret_key(
-                    ns,
-                    r,
-                    &format!("spec.forwardHeaders[{i}].valueFrom"),
-                    &mut missing,
-                ) {
-                    Some(secret) => HeaderValue::Secret { secret },
-                    None => continue,
-                },
+                (None, Some(r)) => {
+                    match self.secret_key(ns, r, &format!("spec.forwardHeaders[{i}].valueFrom"), &mut missing) {
+                        Some(secret) => HeaderValue::Secret { secret },
+                        None => continue,
+                    }
+                }
                 _ => {
                     return Err((
                         reasons::INVALID,
@@ -535,21 +484,13 @@ impl Compiler<'_> {
         Ok(Route {
             id: id.to_string(),
             path_prefix,
-            methods: spec
-                .methods
-                .iter()
-                .map(|m| m.as_str().to_string())
-                .collect(),
+            methods: spec.methods.iter().map(|m| m.as_str().to_string()).collect(),
             destination,
             strip_prefix: spec.strip_prefix,
             connect_timeout_ms,
             request_timeout_ms,
             body_limit: spec.body_limit.map_or(DEFAULT_BODY_LIMIT, |b| b as u64),
-            content_types: spec
-                .content_types
-                .iter()
-                .map(|t| t.to_ascii_lowercase())
-                .collect(),
+            content_types: spec.content_types.iter().map(|t| t.to_ascii_lowercase()).collect(),
             forward_headers,
             expose_headers: spec
                 .expose_headers
@@ -574,20 +515,11 @@ impl Compiler<'_> {
     }
 
     /// Resolves one Secret key, records its value for the secret snapshot, and returns its id.
-    fn secret_key(
-        &mut self,
-        ns: &str,
-        r: &SecretKeyRef,
-        field: &str,
-        problems: &mut Vec<Problem>,
-    ) -> Option<SecretId> {
+    fn secret_key(&mut self, ns: &str, r: &SecretKeyRef, field: &str, problems: &mut Vec<Problem>) -> Option<SecretId> {
         let Some(data) = self.secrets.by_name.get(&(ns.to_string(), r.name.clone())) else {
             problems.push(problem(
                 field,
-                format!(
-                    "Secret {ns}/{} does not exist; create it or fix the name",
-                    r.name
-                ),
+                format!("Secret {ns}/{} does not exist; create it or fix the name", r.name),
             ));
             return None;
         };
@@ -618,11 +550,7 @@ impl Compiler<'_> {
 
     /// Resolves every key of a Secret, recording each value.
     fn whole_secret(&mut self, ns: &str, name: &str, field: &str, problems: &mut Vec<Problem>) {
-        let Some(data) = self
-            .secrets
-            .by_name
-            .get(&(ns.to_string(), name.to_string()))
-        else {
+        let Some(data) = self.secrets.by_name.get(&(ns.to_string(), name.to_string())) else {
             problems.push(problem(
                 field,
                 format!("Secret {ns}/{name} does not exist; create it or fix the name"),
@@ -650,13 +578,7 @@ impl Compiler<'_> {
         });
     }
 
-    fn refuse<K: Resource>(
-        &mut self,
-        object: ObjectRef,
-        item: &K,
-        reason: &'static str,
-        problems: Vec<Problem>,
-    ) {
+    fn refuse<K: Resource>(&mut self, object: ObjectRef, item: &K, reason: &'static str, problems: Vec<Problem>) {
         self.push_refusal(object, item.meta().generation, reason, problems);
     }
 
@@ -704,20 +626,12 @@ fn conflict_message(prefix: &str, loser: &ProxyRoute, winner: &ProxyRoute) -> St
     )
 }
 
-fn duration_or(
-    value: &Option<String>,
-    default: u64,
-    field: &str,
-    problems: &mut Vec<Problem>,
-) -> u64 {
+fn duration_or(value: &Option<String>, default: u64, field: &str, problems: &mut Vec<Problem>) -> u64 {
     match value.as_deref().map(parse_duration_ms) {
         None => default,
         Some(Some(ms)) if ms > 0 => ms,
         Some(_) => {
-            problems.push(problem(
-                field,
-                "must be a positive duration such as 250ms, 30s or 5m",
-            ));
+            problems.push(problem(field, "must be a positive duration such as 250ms, 30s or 5m"));
             default
         }
     }
@@ -736,23 +650,16 @@ fn normalize_prefix(prefix: String) -> String {
 /// An upstream must be an absolute http(s) URL with a host, no userinfo, query or fragment.
 /// Returns it without a trailing `/` so the request path can be appended as is.
 fn check_upstream(raw: &str) -> Result<String, String> {
-    let url = url::Url::parse(raw).map_err(|e| {
-        format!("{raw:?} is not a valid URL ({e}); use e.g. https://api.example.com/v1")
-    })?;
+    let url = url::Url::parse(raw)
+        .map_err(|e| format!("{raw:?} is not a valid URL ({e}); use e.g. https://api.example.com/v1"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "scheme {:?} is not supported; use http or https",
-            url.scheme()
-        ));
+        return Err(format!("scheme {:?} is not supported; use http or https", url.scheme()));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("the URL has no host; use e.g. https://api.example.com".into());
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "the URL must not carry credentials; inject them with forwardHeaders from a Secret"
-                .into(),
-        );
+        return Err("the URL must not carry credentials; inject them with forwardHeaders from a Secret".into());
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err("the URL must not have a query or fragment".into());

@@ -18,10 +18,7 @@ fn fixtures() -> Vec<String> {
         shop("SessionChainPolicy", "ok", CHAIN),
         secret("app-keys", &[("web", "key-one")]),
         secret("redis", &[("url", "redis://:pw@redis:6379")]),
-        secret(
-            "vault-key",
-            &[("k1", "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=")],
-        ),
+        secret("vault-key", &[("k1", "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=")]),
     ]
 }
 
@@ -140,7 +137,8 @@ fn proxy_route_rules() {
     const PREFIX: &str = "pathPrefix must start with '/', e.g. /api/payments";
     const PLAIN: &str = "pathPrefix must be a plain path: no '//', '..' segments, '?' or '#'";
     const URL: &str = "upstream must be an absolute http:// or https:// URL without userinfo, query or fragment, e.g. https://api.example.com/v1";
-    const ONE_DESTINATION: &str = "set exactly one of upstream (a fixed destination) or allowlistRef (the client names the destination)";
+    const ONE_DESTINATION: &str =
+        "set exactly one of upstream (a fixed destination) or allowlistRef (the client names the destination)";
     const DURATION: &str = "must be a whole number followed by ms, s, m or h, e.g. 250ms, 30s, 5m";
     assert_refused(
         Kind::ProxyRoute,
@@ -173,21 +171,9 @@ fn proxy_route_rules() {
             ("upstream: ftp://files.example.com", "spec.upstream", URL),
             ("upstream: api.example.com", "spec.upstream", URL),
             ("upstream: /relative", "spec.upstream", URL),
-            (
-                "upstream: https://user:secret@api.example.com",
-                "spec.upstream",
-                URL,
-            ),
-            (
-                "upstream: https://api.example.com/v1?key=1",
-                "spec.upstream",
-                URL,
-            ),
-            (
-                "upstream: https://api.example.com/#top",
-                "spec.upstream",
-                URL,
-            ),
+            ("upstream: https://user:secret@api.example.com", "spec.upstream", URL),
+            ("upstream: https://api.example.com/v1?key=1", "spec.upstream", URL),
+            ("upstream: https://api.example.com/#top", "spec.upstream", URL),
             (
                 "{upstream: 'https://a.example', allowlistRef: ok}",
                 "spec",
@@ -363,8 +349,7 @@ fn cookie_translation_rules() {
             "responsePointer must be empty or a JSON pointer starting with '/'",
         ),
     ];
-    let cases: Vec<(&str, &str, &str)> =
-        cases.iter().map(|(s, f, m)| (s.as_str(), *f, *m)).collect();
+    let cases: Vec<(&str, &str, &str)> = cases.iter().map(|(s, f, m)| (s.as_str(), *f, *m)).collect();
     assert_refused(Kind::CookieTranslation, &cases);
 }
 
@@ -399,11 +384,7 @@ fn external_allowlist_rules() {
             ("hosts: ['*.com']", "spec.hosts", DNS),
             ("hosts: ['*']", "spec.hosts", DNS),
             ("hosts: ['*.*.example.com']", "spec.hosts", DNS),
-            (
-                "hosts: [api.example.com, API.Example.com]",
-                "spec.hosts",
-                DNS,
-            ),
+            ("hosts: [api.example.com, API.Example.com]", "spec.hosts", DNS),
             ("hosts: ['api.example.com:443']", "spec.hosts", DNS),
             ("hosts: ['https://api.example.com']", "spec.hosts", DNS),
             ("hosts: ['-api.example.com']", "spec.hosts", DNS),
@@ -417,26 +398,14 @@ fn external_allowlist_rules() {
                 "targetUrlHeader must be an HTTP header name",
             ),
             ("{hosts: [a.example], ports: [0]}", "spec.ports", PORTS),
-            (
-                "{hosts: [a.example], ports: [443, 65536]}",
-                "spec.ports",
-                PORTS,
-            ),
-            (
-                "{hosts: [a.example], allowCidrs: [10.0.0.0]}",
-                "spec.allowCidrs",
-                CIDR,
-            ),
+            ("{hosts: [a.example], ports: [443, 65536]}", "spec.ports", PORTS),
+            ("{hosts: [a.example], allowCidrs: [10.0.0.0]}", "spec.allowCidrs", CIDR),
             (
                 "{hosts: [a.example], allowCidrs: [10.0.0.0/33]}",
                 "spec.allowCidrs",
                 CIDR,
             ),
-            (
-                "{hosts: [a.example], allowCidrs: [internal]}",
-                "spec.allowCidrs",
-                CIDR,
-            ),
+            ("{hosts: [a.example], allowCidrs: [internal]}", "spec.allowCidrs", CIDR),
         ],
     );
 }
@@ -463,8 +432,7 @@ fn token_vault_rule_valid() {
 #[test]
 fn token_vault_rule_rules() {
     const MAX: &str = "maxTokensPerRequest must be between 1 and 100";
-    const KEYS: &str =
-        "a dynamic store (memory or redis) needs encryptionKeys: values are stored encrypted";
+    const KEYS: &str = "a dynamic store (memory or redis) needs encryptionKeys: values are stored encrypted";
     let perm = "permissions: [{classification: pci}]";
     let cases = [
         (
@@ -482,35 +450,24 @@ fn token_vault_rule_rules() {
             "spec.permissions[1].classification",
             "classification must be lower-case letters, digits and '-'",
         ),
+        (format!("{{source: {{store: memory}}, {perm}}}"), "spec.source", KEYS),
         (
-            format!("{{source: {{store: memory}}, {perm}}}"),
-            "spec.source",
-            KEYS,
-        ),
-        (
-            format!(
-                "{{source: {{store: redis, encryptionKeys: [{{name: vault-key, key: k1}}]}}, {perm}}}"
-            ),
+            format!("{{source: {{store: redis, encryptionKeys: [{{name: vault-key, key: k1}}]}}, {perm}}}"),
             "spec.source",
             "store: redis needs redisUrl",
         ),
         (
-            format!(
-                "{{source: {{}}, {perm}, tokenizeResponse: {{pointers: [card/number], classification: pci}}}}"
-            ),
+            format!("{{source: {{}}, {perm}, tokenizeResponse: {{pointers: [card/number], classification: pci}}}}"),
             "spec.tokenizeResponse.pointers",
             "pointers must be JSON pointers starting with '/'",
         ),
         (
-            format!(
-                "{{source: {{}}, {perm}, tokenizeResponse: {{pointers: [/card], classification: pci, ttl: 1d}}}}"
-            ),
+            format!("{{source: {{}}, {perm}, tokenizeResponse: {{pointers: [/card], classification: pci, ttl: 1d}}}}"),
             "spec.tokenizeResponse.ttl",
             "must be a whole number followed by ms, s, m or h, e.g. 250ms, 30s, 5m",
         ),
     ];
-    let cases: Vec<(&str, &str, &str)> =
-        cases.iter().map(|(s, f, m)| (s.as_str(), *f, *m)).collect();
+    let cases: Vec<(&str, &str, &str)> = cases.iter().map(|(s, f, m)| (s.as_str(), *f, *m)).collect();
     assert_refused(Kind::TokenVaultRule, &cases);
 }
 
@@ -541,16 +498,8 @@ fn session_chain_policy_rules() {
             "spec.createPath",
             "createPath must start with '/'",
         ),
-        (
-            format!("{{createPath: /s, {keys}, ttl: '30'}}"),
-            "spec.ttl",
-            DURATION,
-        ),
-        (
-            format!("{{createPath: /s, {keys}, ttl: 30min}}"),
-            "spec.ttl",
-            DURATION,
-        ),
+        (format!("{{createPath: /s, {keys}, ttl: '30'}}"), "spec.ttl", DURATION),
+        (format!("{{createPath: /s, {keys}, ttl: 30min}}"), "spec.ttl", DURATION),
         (
             format!("{{createPath: /s, {keys}, store: none}}"),
             "spec",
@@ -567,7 +516,6 @@ fn session_chain_policy_rules() {
             "requestId must be an HTTP header name",
         ),
     ];
-    let cases: Vec<(&str, &str, &str)> =
-        cases.iter().map(|(s, f, m)| (s.as_str(), *f, *m)).collect();
+    let cases: Vec<(&str, &str, &str)> = cases.iter().map(|(s, f, m)| (s.as_str(), *f, *m)).collect();
     assert_refused(Kind::SessionChainPolicy, &cases);
 }

@@ -2,9 +2,7 @@
 
 mod common;
 
-use common::{
-    compile_docs, created, doc, parse, problem_lines, report, secret, served_routes, shop,
-};
+use common::{compile_docs, created, doc, parse, problem_lines, report, secret, served_routes, shop};
 use keygate_crds::report::reasons;
 use keygate_crds::{Compiled, Kind, compile};
 use pretty_assertions::assert_eq;
@@ -38,7 +36,11 @@ fn full_setup() -> Vec<String> {
             sessionStart: {path: /api/session/start, tokenPointer: /result/session/token, responsePointer: /result}
             encryptionKeys: [{name: cookie-key, key: k1}]",
         ),
-        shop("ExternalAllowlist", "partners", "{targetUrlHeader: BT-PROXY-URL, hosts: ['*.partner.example']}"),
+        shop(
+            "ExternalAllowlist",
+            "partners",
+            "{targetUrlHeader: BT-PROXY-URL, hosts: ['*.partner.example']}",
+        ),
         shop(
             "TokenVaultRule",
             "cards",
@@ -46,7 +48,11 @@ fn full_setup() -> Vec<String> {
             source: {secretRef: {name: tokens}}
             permissions: [{classification: pci, locations: [body]}]",
         ),
-        shop("SessionChainPolicy", "chain", "{createPath: /session, apiKeysSecretRef: {name: app-keys}}"),
+        shop(
+            "SessionChainPolicy",
+            "chain",
+            "{createPath: /session, apiKeysSecretRef: {name: app-keys}}",
+        ),
         route(
             "payments",
             "
@@ -226,16 +232,8 @@ fn full_setup_compiles_to_this_exact_snapshot() {
 #[test]
 fn default_path_prefix_is_namespace_and_name() {
     let compiled = compile_docs(&[
-        doc(
-            "ProxyRoute",
-            "billing/invoices",
-            "upstream: https://billing.example",
-        ),
-        doc(
-            "ProxyRoute",
-            "no-namespace",
-            "upstream: https://other.example",
-        ),
+        doc("ProxyRoute", "billing/invoices", "upstream: https://billing.example"),
+        doc("ProxyRoute", "no-namespace", "upstream: https://other.example"),
     ]);
     let prefixes: Vec<(&str, &str)> = compiled
         .snapshot
@@ -253,12 +251,7 @@ fn default_path_prefix_is_namespace_and_name() {
 }
 
 /// Asserts the route `t` is refused with `reason` and exactly `lines`, and route `fine` served.
-fn assert_route_refused(
-    mut docs: Vec<String>,
-    t_spec: &str,
-    reason: &str,
-    lines: &[&str],
-) -> Compiled {
+fn assert_route_refused(mut docs: Vec<String>, t_spec: &str, reason: &str, lines: &[&str]) -> Compiled {
     docs.push(route("t", t_spec));
     docs.push(route("fine", "upstream: https://fine.example"));
     let compiled = compile_docs(&docs);
@@ -340,11 +333,7 @@ fn a_reference_to_a_refused_resource_refuses_the_route_only() {
 #[test]
 fn references_into_another_namespace_are_not_permitted() {
     assert_route_refused(
-        vec![doc(
-            "ExternalAllowlist",
-            "other/partners",
-            "hosts: [a.example]",
-        )],
+        vec![doc("ExternalAllowlist", "other/partners", "hosts: [a.example]")],
         "allowlistRef: other/partners",
         reasons::REF_NOT_PERMITTED,
         &[
@@ -398,9 +387,7 @@ fn secrets_of_the_other_kinds_are_checked_too() {
     );
     assert_eq!(
         problem_lines(&compiled, Kind::ExternalAllowlist, "partners"),
-        [
-            "ExternalAllowlist/shop/partners: spec.caBundle: Secret shop/ca does not exist; create it or fix the name"
-        ]
+        ["ExternalAllowlist/shop/partners: spec.caBundle: Secret shop/ca does not exist; create it or fix the name"]
     );
 }
 
@@ -422,10 +409,7 @@ fn a_zero_session_ttl_is_invalid() {
         problem_lines(&compiled, Kind::SessionChainPolicy, "chain"),
         ["SessionChainPolicy/shop/chain: spec.ttl: must be a positive duration such as 30m"]
     );
-    assert!(
-        compiled.secrets.values.is_empty(),
-        "a refused policy ships no API keys"
-    );
+    assert!(compiled.secrets.values.is_empty(), "a refused policy ships no API keys");
 }
 
 #[test]
@@ -434,9 +418,7 @@ fn a_zero_timeout_is_invalid() {
         vec![],
         "{upstream: 'https://a.example', timeouts: {connect: 0ms}}",
         reasons::INVALID,
-        &[
-            "ProxyRoute/shop/t: spec.timeouts.connect: must be a positive duration such as 250ms, 30s or 5m",
-        ],
+        &["ProxyRoute/shop/t: spec.timeouts.connect: must be a positive duration such as 250ms, 30s or 5m"],
     );
 }
 
@@ -444,25 +426,16 @@ fn a_zero_timeout_is_invalid() {
 fn the_older_route_keeps_a_contested_prefix() {
     let compiled = compile_docs(&[
         created(
-            route(
-                "newer",
-                "{pathPrefix: /api, upstream: 'https://new.example'}",
-            ),
+            route("newer", "{pathPrefix: /api, upstream: 'https://new.example'}"),
             "2024-05-02T00:00:00Z",
         ),
         created(
-            route(
-                "older",
-                "{pathPrefix: /api, upstream: 'https://old.example'}",
-            ),
+            route("older", "{pathPrefix: /api, upstream: 'https://old.example'}"),
             "2024-05-01T00:00:00Z",
         ),
     ]);
     assert_eq!(served_routes(&compiled), ["shop/older"]);
-    assert_eq!(
-        report(&compiled, Kind::ProxyRoute, "newer").reason,
-        reasons::CONFLICT
-    );
+    assert_eq!(report(&compiled, Kind::ProxyRoute, "newer").reason, reasons::CONFLICT);
     assert_eq!(
         problem_lines(&compiled, Kind::ProxyRoute, "newer"),
         [
@@ -474,15 +447,9 @@ fn the_older_route_keeps_a_contested_prefix() {
 #[test]
 fn a_route_already_in_the_cluster_beats_one_not_yet_applied() {
     let compiled = compile_docs(&[
-        route(
-            "local",
-            "{pathPrefix: /api, upstream: 'https://new.example'}",
-        ),
+        route("local", "{pathPrefix: /api, upstream: 'https://new.example'}"),
         created(
-            route(
-                "z-applied",
-                "{pathPrefix: /api, upstream: 'https://old.example'}",
-            ),
+            route("z-applied", "{pathPrefix: /api, upstream: 'https://old.example'}"),
             "2024-05-01T00:00:00Z",
         ),
     ]);
@@ -510,11 +477,7 @@ fn without_creation_times_namespace_and_name_decide() {
         ),
     ]);
     assert_eq!(served_routes(&compiled), ["alpha/b"]);
-    let loser = compiled
-        .reports
-        .iter()
-        .find(|r| r.object.namespace == "zeta")
-        .unwrap();
+    let loser = compiled.reports.iter().find(|r| r.object.namespace == "zeta").unwrap();
     assert_eq!(
         loser.problem_lines().collect::<Vec<_>>(),
         [
@@ -646,15 +609,9 @@ fn assert_no_secret_value_outside_the_secret_snapshot(compiled: &Compiled, value
     let debug = format!("{:?} {:?}", compiled.secrets, compiled.snapshot);
     for value in values {
         for line in value.lines() {
-            assert!(
-                !snapshot.contains(line),
-                "secret value in snapshot JSON: {line}"
-            );
+            assert!(!snapshot.contains(line), "secret value in snapshot JSON: {line}");
             assert!(!reports.contains(line), "secret value in a report: {line}");
-            assert!(
-                !debug.contains(line),
-                "secret value in debug output: {line}"
-            );
+            assert!(!debug.contains(line), "secret value in debug output: {line}");
         }
     }
 }
@@ -708,20 +665,14 @@ fn refused_resources_ship_no_secret_values() {
         report(&compiled, Kind::ProxyRoute, "half").reason,
         reasons::SECRET_NOT_FOUND
     );
-    assert_eq!(
-        report(&compiled, Kind::ProxyRoute, "loser").reason,
-        reasons::CONFLICT
-    );
+    assert_eq!(report(&compiled, Kind::ProxyRoute, "loser").reason, reasons::CONFLICT);
     assert_eq!(compiled.secrets.values.len(), 0, "{:?}", compiled.secrets);
 }
 
 #[test]
 fn reports_echo_the_generation() {
-    let with_generation = route("r", "upstream: https://a.example").replacen(
-        "metadata:\n",
-        "metadata:\n  generation: 7\n",
-        1,
-    );
+    let with_generation =
+        route("r", "upstream: https://a.example").replacen("metadata:\n", "metadata:\n  generation: 7\n", 1);
     let compiled = compile_docs(&[with_generation]);
     assert_eq!(report(&compiled, Kind::ProxyRoute, "r").generation, Some(7));
 }

@@ -49,11 +49,7 @@ fn every_crd_tells_its_story_in_kubectl_get() {
         };
         assert_eq!(version.name, "v1alpha1", "{name}");
         assert!(
-            version
-                .subresources
-                .as_ref()
-                .and_then(|s| s.status.as_ref())
-                .is_some(),
+            version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
             "{name}: no status subresource"
         );
         let columns: Vec<&str> = version
@@ -139,17 +135,10 @@ fn spec_sizes_are_bounded_so_cel_cost_is_bounded() {
             &mut |path, node| {
                 let has = |key: &str| node.get(key).is_some();
                 match node.get("type").and_then(Value::as_str) {
-                    Some("string") if !has("maxLength") && !has("enum") => {
-                        unbounded.push(format!("{path}: maxLength"))
-                    }
-                    Some("array") if !has("maxItems") => {
-                        unbounded.push(format!("{path}: maxItems"))
-                    }
+                    Some("string") if !has("maxLength") && !has("enum") => unbounded.push(format!("{path}: maxLength")),
+                    Some("array") if !has("maxItems") => unbounded.push(format!("{path}: maxItems")),
                     Some("object")
-                        if node
-                            .get("additionalProperties")
-                            .is_some_and(Value::is_object)
-                            && !has("maxProperties") =>
+                        if node.get("additionalProperties").is_some_and(Value::is_object) && !has("maxProperties") =>
                     {
                         unbounded.push(format!("{path}: maxProperties"))
                     }
@@ -158,10 +147,7 @@ fn spec_sizes_are_bounded_so_cel_cost_is_bounded() {
             },
         );
     }
-    assert!(
-        unbounded.is_empty(),
-        "unbounded schema nodes: {unbounded:#?}"
-    );
+    assert!(unbounded.is_empty(), "unbounded schema nodes: {unbounded:#?}");
 }
 
 /// Every literal passed to `matches()` in a rule, CEL escapes undone.
@@ -206,8 +192,7 @@ fn cel_regexes_are_valid_re2() {
                     "{path}: give matches() a single-quoted literal so it can be checked: {rule}"
                 );
                 for pattern in regexes(rule) {
-                    regex::Regex::new(&pattern)
-                        .unwrap_or_else(|e| panic!("{path}: {pattern:?} is not RE2: {e}"));
+                    regex::Regex::new(&pattern).unwrap_or_else(|e| panic!("{path}: {pattern:?} is not RE2: {e}"));
                     // CEL's matches() succeeds on a match anywhere in the string, so an
                     // unanchored pattern accepts any value that merely contains a valid part.
                     assert!(

@@ -41,11 +41,7 @@ fn unknown_fields_are_named_by_path() {
 
 #[test]
 fn unknown_metadata_and_top_level_fields_are_refused_too() {
-    let yaml = route("upstream: https://a.example").replacen(
-        "metadata:\n",
-        "spek: {}\nmetadata:\n  labelz: {}\n",
-        1,
-    );
+    let yaml = route("upstream: https://a.example").replacen("metadata:\n", "spek: {}\nmetadata:\n  labelz: {}\n", 1);
     assert_eq!(
         problems("r.yaml", &yaml),
         [
@@ -69,10 +65,7 @@ fn a_status_block_is_not_input_and_is_ignored() {
 #[test]
 fn wrong_types_are_named_by_path() {
     assert_eq!(
-        problems(
-            "r.yaml",
-            &route("{upstream: 'https://a.example', bodyLimit: ten}")
-        ),
+        problems("r.yaml", &route("{upstream: 'https://a.example', bodyLimit: ten}")),
         ["ProxyRoute/shop/r: spec.bodyLimit: invalid type: string \"ten\", expected i64"]
     );
     assert_eq!(
@@ -90,26 +83,16 @@ fn wrong_types_are_named_by_path() {
         "a missing destination is a CEL rule, reported by compile"
     );
     assert_eq!(
-        problems(
-            "r.yaml",
-            &shop("ExternalAllowlist", "a", "targetUrlHeader: X")
-        ),
+        problems("r.yaml", &shop("ExternalAllowlist", "a", "targetUrlHeader: X")),
         ["ExternalAllowlist/shop/a: spec: missing field `hosts`"]
     );
 }
 
 #[test]
 fn invalid_yaml_names_file_and_document() {
-    let text = format!(
-        "{}---\nkind: [unclosed\n",
-        route("upstream: https://a.example")
-    );
+    let text = format!("{}---\nkind: [unclosed\n", route("upstream: https://a.example"));
     let parsed = manifests::parse([("routes.yaml", text.as_str())]);
-    let lines: Vec<String> = parsed
-        .problems
-        .iter()
-        .map(ParseProblem::to_string)
-        .collect();
+    let lines: Vec<String> = parsed.problems.iter().map(ParseProblem::to_string).collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
         lines[0].starts_with("routes.yaml: document 2: -: not valid YAML: "),
@@ -140,21 +123,17 @@ fn other_kinds_are_ignored() {
 
 #[test]
 fn keygate_group_with_an_unknown_kind_or_version_is_a_problem() {
-    let unknown_kind =
-        "apiVersion: keygate.dev/v1alpha1\nkind: ProxyRoot\nmetadata: {name: r}\nspec: {}\n";
+    let unknown_kind = "apiVersion: keygate.dev/v1alpha1\nkind: ProxyRoot\nmetadata: {name: r}\nspec: {}\n";
     assert_eq!(
         problems("r.yaml", unknown_kind),
         [
             "r.yaml: document 1: kind: \"ProxyRoot\" is not a Keygate kind; use ProxyRoute, CookieTranslation, ExternalAllowlist, TokenVaultRule or SessionChainPolicy"
         ]
     );
-    let unknown_version =
-        route("upstream: https://a.example").replace("keygate.dev/v1alpha1", "keygate.dev/v1");
+    let unknown_version = route("upstream: https://a.example").replace("keygate.dev/v1alpha1", "keygate.dev/v1");
     assert_eq!(
         problems("r.yaml", &unknown_version),
-        [
-            "r.yaml: document 1: apiVersion: \"keygate.dev/v1\" is not served; use keygate.dev/v1alpha1"
-        ]
+        ["r.yaml: document 1: apiVersion: \"keygate.dev/v1\" is not served; use keygate.dev/v1alpha1"]
     );
 }
 
@@ -175,10 +154,7 @@ fn a_missing_namespace_means_default() {
         ["ProxyRoute/default/r: spec.bodyLimit: invalid type: string \"x\", expected i64"]
     );
     let compiled = compile_docs(&[yaml.replace("bodyLimit: x", "bodyLimit: 1")]);
-    assert_eq!(
-        compiled.reports[0].object.to_string(),
-        "ProxyRoute/default/r"
-    );
+    assert_eq!(compiled.reports[0].object.to_string(), "ProxyRoute/default/r");
     assert_eq!(compiled.snapshot.routes[0].id, "default/r");
 }
 
@@ -199,10 +175,7 @@ fn several_documents_and_files_are_all_read() {
     ]);
     assert_eq!(parsed.problems, []);
     let r = &parsed.resources;
-    assert_eq!(
-        (r.routes.len(), r.allowlists.len(), r.vault_rules.len()),
-        (1, 1, 1)
-    );
+    assert_eq!((r.routes.len(), r.allowlists.len(), r.vault_rules.len()), (1, 1, 1));
 }
 
 #[test]
@@ -233,10 +206,7 @@ fn secrets_are_read_from_string_data_and_base64_data() {
         .collect();
     assert_eq!(
         values,
-        [
-            ("shop/keys/a", "from-data"),
-            ("shop/keys/b", "from-string-data")
-        ]
+        [("shop/keys/a", "from-data"), ("shop/keys/b", "from-string-data")]
     );
 }
 
@@ -245,10 +215,6 @@ fn bad_base64_in_a_secret_is_a_problem_without_the_value() {
     let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: shop}\ndata: {a: 'not base64!'}\n";
     let lines = problems("s.yaml", secret);
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(
-        lines[0].starts_with("Secret/shop/keys: data.a: "),
-        "{}",
-        lines[0]
-    );
+    assert!(lines[0].starts_with("Secret/shop/keys: data.a: "), "{}", lines[0]);
     assert!(!lines[0].contains("not base64!"), "{}", lines[0]);
 }

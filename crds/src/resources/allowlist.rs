@@ -71,9 +71,7 @@ fn default_schemes() -> Vec<Scheme> {
 }
 
 /// A URL scheme.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     /// TLS.
@@ -83,9 +81,7 @@ pub enum Scheme {
 }
 
 /// A TLS protocol version.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 pub enum TlsVersion {
     /// TLS 1.2 or newer.
     #[default]

@@ -61,8 +61,7 @@ pub struct SecretRef {
 /// The CEL rule every duration field carries, and the pattern `compile` parses.
 pub const DURATION_RULE: &str = "self.matches('^[0-9]{1,9}(ms|s|m|h)$')";
 /// What a person reads when a duration is malformed.
-pub const DURATION_MESSAGE: &str =
-    "must be a whole number followed by ms, s, m or h, e.g. 250ms, 30s, 5m";
+pub const DURATION_MESSAGE: &str = "must be a whole number followed by ms, s, m or h, e.g. 250ms, 30s, 5m";
 
 /// Parses the durations resources use (`250ms`, `30s`, `5m`, `1h`) into milliseconds.
 pub fn parse_duration_ms(s: &str) -> Option<u64> {

@@ -105,9 +105,7 @@ fn default_request_id() -> String {
 }
 
 /// Hash function of the chain.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChainHash {
     /// SHA-256, hex encoded.

@@ -98,17 +98,11 @@ pub struct VaultPermission {
 }
 
 fn all_locations() -> Vec<TokenLocation> {
-    vec![
-        TokenLocation::Body,
-        TokenLocation::Headers,
-        TokenLocation::Query,
-    ]
+    vec![TokenLocation::Body, TokenLocation::Headers, TokenLocation::Query]
 }
 
 /// A part of a request.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum TokenLocation {
     /// The request body.

@@ -27,10 +27,7 @@ pub fn dedent(text: &str) -> String {
 }
 
 fn indented(text: &str, by: usize) -> String {
-    dedent(text)
-        .lines()
-        .map(|l| format!("{:by$}{l}\n", ""))
-        .collect()
+    dedent(text).lines().map(|l| format!("{:by$}{l}\n", "")).collect()
 }
 
 /// One Keygate resource as a YAML document. `id` is `namespace/name`, or just `name` for a
@@ -66,9 +63,7 @@ pub fn secret(name: &str, data: &[(&str, &str)]) -> String {
         .iter()
         .map(|(k, v)| format!("  {k}: {}\n", serde_json::to_string(v).unwrap()))
         .collect();
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {NS}\nstringData:\n{entries}"
-    )
+    format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {NS}\nstringData:\n{entries}")
 }
 
 /// Parses documents as one file each, failing the test on any parse problem: these tests are
@@ -86,12 +81,7 @@ pub fn parse(docs: &[String]) -> Resources {
 /// Parses documents, one file each, named `doc-N.yaml`.
 pub fn parse_files(docs: &[String]) -> Parsed {
     let names: Vec<String> = (1..=docs.len()).map(|i| format!("doc-{i}.yaml")).collect();
-    manifests::parse(
-        names
-            .iter()
-            .map(String::as_str)
-            .zip(docs.iter().map(String::as_str)),
-    )
+    manifests::parse(names.iter().map(String::as_str).zip(docs.iter().map(String::as_str)))
 }
 
 /// Parses and compiles.
@@ -105,12 +95,9 @@ pub fn report<'a>(compiled: &'a Compiled, kind: Kind, name: &str) -> &'a Report 
         .reports
         .iter()
         .filter(|r| r.object.kind == kind && r.object.namespace == NS && r.object.name == name);
-    let found = matching.next().unwrap_or_else(|| {
-        panic!(
-            "no report for {kind:?} {NS}/{name}: {:#?}",
-            compiled.reports
-        )
-    });
+    let found = matching
+        .next()
+        .unwrap_or_else(|| panic!("no report for {kind:?} {NS}/{name}: {:#?}", compiled.reports));
     assert!(
         matching.next().is_none(),
         "more than one report for {kind:?} {NS}/{name}"
@@ -125,10 +112,5 @@ pub fn problem_lines(compiled: &Compiled, kind: Kind, name: &str) -> Vec<String>
 
 /// Ids of the routes the snapshot serves.
 pub fn served_routes(compiled: &Compiled) -> Vec<&str> {
-    compiled
-        .snapshot
-        .routes
-        .iter()
-        .map(|r| r.id.as_str())
-        .collect()
+    compiled.snapshot.routes.iter().map(|r| r.id.as_str()).collect()
 }
