@@ -20,6 +20,8 @@ pub mod reasons {
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     /// Another resource already claims what this one claims.
     pub const CONFLICT: &str = "Conflict";
+    /// The compiled configuration does not fit in a ConfigMap; nothing new is served.
+    pub const SNAPSHOT_TOO_LARGE: &str = "SnapshotTooLarge";
 }
 
 /// The five kinds, plus Secrets (which only appear in parse problems).

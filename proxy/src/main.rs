@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keygate_proxy::proxy::Shared;
 use keygate_proxy::server::{ListenerLimits, serve_admin, serve_proxy};
+use keygate_proxy::source::kube::KubeSource;
 use keygate_proxy::source::{self, Source};
 
 #[derive(Parser)]
@@ -28,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the proxy.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Validate a folder of manifests; print each problem; exit 1 if any resource is bad.
     Check {
         /// Folder of YAML manifests (Keygate resources and Secrets).
@@ -40,14 +41,26 @@ enum Command {
 #[derive(clap::Args)]
 struct Serve {
     /// Serve Keygate resources and Secrets from YAML in this folder (standalone mode, no cluster).
-    #[arg(long, conflicts_with = "config_dir", required_unless_present = "config_dir")]
+    #[arg(long, group = "source", required_unless_present_any = ["config_dir", "kube"])]
     manifests: Option<PathBuf>,
     /// Serve the operator's snapshot from this folder (a mounted ConfigMap holding snapshot.json).
-    #[arg(long)]
+    #[arg(long, group = "source")]
     config_dir: Option<PathBuf>,
     /// Folder holding secrets.json (a mounted Secret). Default: --config-dir.
     #[arg(long, requires = "config_dir")]
     secrets_dir: Option<PathBuf>,
+    /// Serve the operator's ConfigMap and Secret, watched through the Kubernetes API.
+    #[arg(long, group = "source")]
+    kube: bool,
+    /// Namespace of the operator's ConfigMap and Secret (with --kube).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "keygate-system")]
+    kube_namespace: String,
+    /// Name of the operator's ConfigMap (with --kube).
+    #[arg(long, default_value = "keygate-config")]
+    config_map: String,
+    /// Name of the operator's Secret (with --kube).
+    #[arg(long, default_value = "keygate-secrets")]
+    secret: String,
     /// Proxy listen address.
     #[arg(long, env = "KEYGATE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -133,13 +146,13 @@ fn check(dir: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(args: Serve) -> anyhow::Result<()> {
+fn run(args: Box<Serve>) -> anyhow::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.workers {
         runtime.worker_threads(n.max(1));
     }
     let runtime = runtime.enable_all().build().context("starting the runtime")?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(*args))
 }
 
 async fn serve(args: Serve) -> anyhow::Result<()> {
@@ -149,7 +162,14 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             config_dir: dir.clone(),
             secrets_dir: args.secrets_dir.clone().unwrap_or_else(|| dir.clone()),
         },
-        (None, None) => unreachable!("clap requires one source"),
+        (None, None) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?;
+            let source = KubeSource::start(client, &args.kube_namespace, &args.config_map, &args.secret);
+            source.ready().await;
+            Source::Kube(source)
+        }
     };
     let shared = Arc::new(Shared::default());
     let initial = match source::load_once(&source, &shared) {
@@ -158,7 +178,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             Some(digest)
         }
         // Standalone mode refuses to start on a bad folder, as nginx does; the operator's
-        // snapshot may simply not be mounted yet, so wait for it with /readyz failing.
+        // snapshot may simply not be written yet, so wait for it with /readyz failing.
         Err(e) if matches!(source, Source::Manifests(_)) => anyhow::bail!("refusing to start: {e}"),
         Err(e) => {
             tracing::warn!(error = %e, "no usable configuration yet; /readyz stays 503 until one loads");

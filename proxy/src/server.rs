@@ -18,7 +18,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::body::Body;
 use crate::proxy::{Shared, handle};
 
 /// Limits of the proxy listener.
@@ -105,8 +104,51 @@ pub async fn serve_proxy(
     }
 }
 
-/// Serves the admin endpoints until `shutdown` resolves.
-pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+/// A plain answer from an admin endpoint.
+pub struct Plain {
+    /// Status.
+    pub status: StatusCode,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: String,
+}
+
+impl Plain {
+    /// `200 text/plain`.
+    pub fn ok(body: impl Into<String>) -> Plain {
+        Plain {
+            status: StatusCode::OK,
+            content_type: "text/plain",
+            body: body.into(),
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(body: String) -> Plain {
+        Plain {
+            status: StatusCode::OK,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body,
+        }
+    }
+
+    /// `404` naming the endpoints there are.
+    pub fn not_found(endpoints: &str) -> Plain {
+        Plain {
+            status: StatusCode::NOT_FOUND,
+            content_type: "text/plain",
+            body: format!("not found; try {endpoints}\n"),
+        }
+    }
+}
+
+/// Serves small HTTP/1.1 endpoints, answered by `handler` from the path, until `shutdown`.
+/// Shared by the proxy's and the operator's admin ports.
+pub async fn serve_plain<F>(listener: TcpListener, shutdown: impl Future<Output = ()>, handler: F)
+where
+    F: Fn(&str) -> Plain + Clone + Send + Sync + 'static,
+{
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -116,11 +158,21 @@ pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, shutdown: i
             },
             () = &mut shutdown => return,
         };
-        let shared = shared.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(admin(&shared, &req)) }
+                let plain = handler(req.uri().path());
+                async move {
+                    let mut resp = Response::new(
+                        Full::new(Bytes::from(plain.body))
+                            .map_err(|never| match never {})
+                            .boxed(),
+                    );
+                    *resp.status_mut() = plain.status;
+                    resp.headers_mut()
+                        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(plain.content_type));
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -129,35 +181,23 @@ pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, shutdown: i
     }
 }
 
-fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    let (status, content_type, body) = match req.uri().path() {
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+/// Serves the proxy's admin endpoints until `shutdown` resolves.
+pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    serve_plain(listener, shutdown, move |path| admin(&shared, path)).await
+}
+
+fn admin(shared: &Shared, path: &str) -> Plain {
+    match path {
+        "/healthz" => Plain::ok("ok\n"),
         "/readyz" => match shared.config.load().as_ref() {
-            Some(c) => (
-                StatusCode::OK,
-                "text/plain",
-                format!("ready: config {} with {} routes\n", c.hash, c.route_count()),
-            ),
-            None => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                "not ready: no configuration loaded yet\n".to_string(),
-            ),
+            Some(c) => Plain::ok(format!("ready: config {} with {} routes\n", c.hash, c.route_count())),
+            None => Plain {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                content_type: "text/plain",
+                body: "not ready: no configuration loaded yet\n".to_string(),
+            },
         },
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found; try /healthz, /readyz or /metrics\n".to_string(),
-        ),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
-    resp
+        "/metrics" => Plain::metrics(shared.metrics.render()),
+        _ => Plain::not_found("/healthz, /readyz or /metrics"),
+    }
 }

@@ -3,8 +3,12 @@
 //! ConfigMap and Secret. A watcher polls the files and applies a change only when it is whole
 //! and valid; otherwise the old config keeps serving and the refusal is logged and counted.
 //!
-//! Polling, not inotify: the kubelet updates mounted volumes by swapping a `..data` symlink, and
-//! editors save by rename; re-reading a small folder twice a second sees both, everywhere.
+//! Files are polled, not watched with inotify: the kubelet updates mounted volumes by swapping a
+//! `..data` symlink, and editors save by rename; re-reading a small folder twice a second sees
+//! both, everywhere. The Kubernetes source ([`kube`]) is event-driven: its watches wake the same
+//! loop, which reads their caches like files.
+
+pub mod kube;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +26,9 @@ use crate::proxy::Shared;
 pub enum Source {
     /// Keygate resources and Secrets as YAML; compiled by the proxy.
     Manifests(PathBuf),
-    /// `snapshot.json` and `secrets.json` as written by the operator.
+    /// The operator's ConfigMap and Secret, watched through the Kubernetes API.
+    Kube(kube::KubeSource),
+    /// `snapshot.json` (or `snapshot.json.gz`) and `secrets.json` as written by the operator.
     Snapshot {
         /// Folder holding `snapshot.json` (a mounted ConfigMap).
         config_dir: PathBuf,
@@ -79,10 +85,16 @@ impl Source {
             Source::Snapshot {
                 config_dir,
                 secrets_dir,
-            } => vec![
-                read_file(&config_dir.join(SNAPSHOT_FILE))?,
-                read_file(&secrets_dir.join(SECRETS_FILE))?,
-            ],
+            } => {
+                let plain = config_dir.join(SNAPSHOT_FILE);
+                let snapshot = if plain.exists() {
+                    plain
+                } else {
+                    config_dir.join(SNAPSHOT_GZ_FILE)
+                };
+                vec![read_file(&snapshot)?, read_file(&secrets_dir.join(SECRETS_FILE))?]
+            }
+            Source::Kube(k) => k.read()?,
         };
         let mut h = Sha256::new();
         for (path, bytes) in &files {
@@ -100,11 +112,11 @@ impl Source {
     pub fn load(&self, files: &Files) -> Result<(Snapshot, SecretSnapshot), LoadError> {
         match self {
             Source::Manifests(_) => compile_manifests(&files.files),
-            Source::Snapshot { .. } => {
+            Source::Snapshot { .. } | Source::Kube(_) => {
                 let [(snap_path, snap), (sec_path, sec)] = &files.files[..] else {
                     unreachable!("two files read")
                 };
-                let snapshot: Snapshot = parse_json(snap_path, snap)?;
+                let snapshot: Snapshot = parse_json(snap_path, &decode_snapshot(snap_path, snap)?)?;
                 let secrets: SecretSnapshot = parse_json(sec_path, sec)?;
                 if secrets.snapshot_hash != snapshot.hash() {
                     return Err(LoadError::Pending);
@@ -113,6 +125,24 @@ impl Source {
             }
         }
     }
+}
+
+/// Name under which the operator stores a compressed snapshot (ConfigMap `binaryData`).
+pub const SNAPSHOT_GZ_FILE: &str = "snapshot.json.gz";
+
+/// The snapshot JSON, gunzipped when its name says it is compressed.
+fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
+    if path.extension().and_then(|e| e.to_str()) != Some("gz") {
+        return Ok(bytes.to_vec());
+    }
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut json).map_err(|e| {
+        LoadError::Malformed {
+            file: path.display().to_string(),
+            error: format!("not gzip: {e}"),
+        }
+    })?;
+    Ok(json)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, LoadError> {
@@ -235,7 +265,15 @@ pub async fn watch(source: Source, shared: Arc<Shared>, mut last: Option<[u8; 32
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;
     loop {
-        ticker.tick().await;
+        match &*source {
+            Source::Kube(k) => tokio::select! {
+                () = k.changed() => {}
+                _ = ticker.tick() => {}
+            },
+            _ => {
+                ticker.tick().await;
+            }
+        }
         let (source2, shared2) = (source.clone(), shared.clone());
         // File reads and compile are blocking work; keep them off the request threads.
         let (polled, seen) = tokio::task::spawn_blocking(move || {

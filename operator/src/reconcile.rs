@@ -1,0 +1,228 @@
+//! `reconcile` and `error_policy` over a [`Context`]: gather every cached resource, `compile()`
+//! them, server-side-apply the Secret and ConfigMap when their digests changed, then bring each
+//! resource's status in line with its report (writing only what differs) and record an Event
+//! when a resource is refused.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use keygate_crds::report::{Kind, ObjectRef, Problem, reasons};
+use keygate_crds::resources::{
+    CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, Status, TokenVaultRule,
+};
+use keygate_crds::{Report, compile};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::output::{self, Outputs, SECRETS_DIGEST_ANNOTATION, SNAPSHOT_HASH_ANNOTATION, Target, annotation};
+use crate::status;
+use crate::watch::Stores;
+
+/// The one field manager of every write, so server-side apply tracks Keygate's fields as one owner.
+pub const FIELD_MANAGER: &str = "keygate-operator";
+
+/// What `reconcile` works with.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Where the ConfigMap and Secret go.
+    pub target: Target,
+    /// Caches of the inputs.
+    pub stores: Stores,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Event recorder.
+    pub recorder: Recorder,
+}
+
+/// What one reconcile did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Hash of the compiled snapshot.
+    pub snapshot_hash: String,
+    /// The ConfigMap was written.
+    pub wrote_config_map: bool,
+    /// The Secret was written.
+    pub wrote_secret: bool,
+    /// Statuses written.
+    pub statuses_written: usize,
+    /// Resources not served.
+    pub refused: usize,
+}
+
+/// Compiles everything cached and writes what changed.
+pub async fn reconcile(ctx: &Context) -> Result<Outcome, Error> {
+    let resources = ctx.stores.resources();
+    let started = Instant::now();
+    let compiled = compile(&resources);
+    ctx.metrics.compile_seconds.observe(started.elapsed().as_secs_f64());
+
+    let mut outcome = Outcome {
+        snapshot_hash: compiled.snapshot.hash(),
+        ..Outcome::default()
+    };
+    let mut reports = compiled.reports.clone();
+    match output::build(&compiled, &ctx.target) {
+        Ok(outputs) => {
+            ctx.metrics.snapshot_bytes.set(outputs.stored_bytes as i64);
+            (outcome.wrote_secret, outcome.wrote_config_map) = apply_outputs(ctx, &outputs).await?;
+        }
+        Err(too_large) => {
+            // Nothing new can be delivered, so nothing is served as compiled: say so everywhere.
+            tracing::error!(error = %too_large, "snapshot too large; the previous configuration keeps serving");
+            for r in &mut reports {
+                r.reason = reasons::SNAPSHOT_TOO_LARGE;
+                r.message = format!(
+                    "{too_large}; the previous configuration keeps serving; split resources across Keygate installations or remove unused ones"
+                );
+                r.problems = vec![Problem {
+                    field: "-".into(),
+                    message: r.message.clone(),
+                }];
+            }
+        }
+    }
+    outcome.refused = reports.iter().filter(|r| !r.is_ready()).count();
+    let by_object: HashMap<&ObjectRef, &Report> = reports.iter().map(|r| (&r.object, r)).collect();
+    let now = jiff::Timestamp::now().to_string();
+    outcome.statuses_written += sync_statuses(ctx, &resources.routes, &by_object, &now).await?;
+    outcome.statuses_written += sync_statuses(ctx, &resources.cookie_translations, &by_object, &now).await?;
+    outcome.statuses_written += sync_statuses(ctx, &resources.allowlists, &by_object, &now).await?;
+    outcome.statuses_written += sync_statuses(ctx, &resources.vault_rules, &by_object, &now).await?;
+    outcome.statuses_written += sync_statuses(ctx, &resources.session_policies, &by_object, &now).await?;
+    Ok(outcome)
+}
+
+/// How long to wait before retrying after `error`.
+pub fn error_policy(error: &Error, ctx: &Context) -> Duration {
+    ctx.metrics.reconciled(false);
+    tracing::warn!(error = %error, "reconcile failed; retrying");
+    match error {
+        Error::NotSynced => Duration::from_millis(500),
+        Error::Kube(_) => Duration::from_secs(5),
+    }
+}
+
+/// Applies the Secret, then the ConfigMap (so a proxy that sees the new snapshot finds its
+/// secrets already there), each only if its digest differs from what the cluster holds.
+async fn apply_outputs(ctx: &Context, out: &Outputs) -> Result<(bool, bool), Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.target.namespace);
+    let current = secrets.get_opt(&ctx.target.secret).await?;
+    let secret_current = current.as_ref().is_some_and(|s| {
+        annotation(&s.metadata, SECRETS_DIGEST_ANNOTATION) == Some(out.secrets_digest.as_str())
+            && annotation(&s.metadata, SNAPSHOT_HASH_ANNOTATION) == Some(out.snapshot_hash.as_str())
+    });
+    if !secret_current {
+        secrets
+            .patch(&ctx.target.secret, &params, &Patch::Apply(&out.secret))
+            .await?;
+        ctx.metrics.wrote("secret");
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.target.namespace);
+    let current = config_maps.get_opt(&ctx.target.config_map).await?;
+    let config_current = current
+        .as_ref()
+        .is_some_and(|c| annotation(&c.metadata, SNAPSHOT_HASH_ANNOTATION) == Some(out.snapshot_hash.as_str()));
+    if !config_current {
+        config_maps
+            .patch(&ctx.target.config_map, &params, &Patch::Apply(&out.config_map))
+            .await?;
+        ctx.metrics.wrote("configmap");
+        tracing::info!(hash = %out.snapshot_hash, bytes = out.stored_bytes, "configuration written");
+    }
+    Ok((!secret_current, !config_current))
+}
+
+/// A Keygate kind whose status the operator writes.
+trait Keygate:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug
+{
+    const KIND: Kind;
+    fn current_status(&self) -> Option<&Status>;
+}
+
+macro_rules! keygate_kind {
+    ($($ty:ty => $kind:expr),* $(,)?) => {$(
+        impl Keygate for $ty {
+            const KIND: Kind = $kind;
+            fn current_status(&self) -> Option<&Status> {
+                self.status.as_ref()
+            }
+        }
+    )*};
+}
+
+keygate_kind!(
+    ProxyRoute => Kind::ProxyRoute,
+    CookieTranslation => Kind::CookieTranslation,
+    ExternalAllowlist => Kind::ExternalAllowlist,
+    TokenVaultRule => Kind::TokenVaultRule,
+    SessionChainPolicy => Kind::SessionChainPolicy,
+);
+
+async fn sync_statuses<K: Keygate>(
+    ctx: &Context,
+    items: &[K],
+    reports: &HashMap<&ObjectRef, &Report>,
+    now: &str,
+) -> Result<usize, Error> {
+    let mut written = 0;
+    for item in items {
+        let namespace = item.namespace().unwrap_or_default();
+        let key = ObjectRef {
+            kind: K::KIND,
+            namespace: namespace.clone(),
+            name: item.name_any(),
+        };
+        let Some(report) = reports.get(&key) else { continue };
+        let desired = status::desired(report, item.current_status(), now);
+        if status::up_to_date(item.current_status(), &desired) {
+            continue;
+        }
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = serde_json::json!({ "status": desired });
+        match api
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // Deleted since the cache saw it; the next reconcile drops it.
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        written += 1;
+        ctx.metrics.wrote("status");
+        if !report.is_ready() {
+            record_refusal(ctx, item, report).await;
+        }
+    }
+    Ok(written)
+}
+
+async fn record_refusal<K: Keygate>(ctx: &Context, item: &K, report: &Report) {
+    let mut note = report.message.clone();
+    if note.len() > 1000 {
+        let cut = (0..=1000).rev().find(|&i| note.is_char_boundary(i)).unwrap_or(0);
+        note.truncate(cut);
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: report.reason.to_string(),
+        note: Some(note),
+        action: "Compile".to_string(),
+        secondary: None,
+    };
+    match ctx.recorder.publish(&event, &item.object_ref(&())).await {
+        Ok(()) => ctx.metrics.wrote("event"),
+        Err(e) => tracing::warn!(object = %report.object, error = %e, "recording an event failed"),
+    }
+}

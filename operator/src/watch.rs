@@ -1,0 +1,112 @@
+//! Watches → index: one reflector store per kind and watched namespace (Secrets included), and a
+//! `Notify` poked on every change so the reconcile loop wakes, debounces, and compiles the whole.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Secret;
+use keygate_crds::Resources;
+use keygate_crds::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+/// The caches of everything `compile()` reads.
+#[derive(Clone)]
+pub struct Stores {
+    routes: Vec<Store<ProxyRoute>>,
+    cookie_translations: Vec<Store<CookieTranslation>>,
+    allowlists: Vec<Store<ExternalAllowlist>>,
+    vault_rules: Vec<Store<TokenVaultRule>>,
+    session_policies: Vec<Store<SessionChainPolicy>>,
+    secrets: Vec<Store<Secret>>,
+}
+
+/// Starts the watches. `namespaces` empty means all namespaces.
+pub fn start(client: &Client, namespaces: &[String], notify: &Arc<Notify>) -> Stores {
+    Stores {
+        routes: spawn_all(client, namespaces, notify),
+        cookie_translations: spawn_all(client, namespaces, notify),
+        allowlists: spawn_all(client, namespaces, notify),
+        vault_rules: spawn_all(client, namespaces, notify),
+        session_policies: spawn_all(client, namespaces, notify),
+        secrets: spawn_all(client, namespaces, notify),
+    }
+}
+
+fn spawn_all<K>(client: &Client, namespaces: &[String], notify: &Arc<Notify>) -> Vec<Store<K>>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let apis: Vec<Api<K>> = if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    apis.into_iter().map(|api| spawn(api, notify.clone())).collect()
+}
+
+fn spawn<K>(api: Api<K>, notify: Arc<Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
+            }
+        }
+    });
+    reader
+}
+
+impl Stores {
+    /// Waits until every cache has completed its first list.
+    pub async fn ready(&self) {
+        macro_rules! wait {
+            ($($f:ident),*) => {$(for s in &self.$f { let _ = s.wait_until_ready().await; })*};
+        }
+        wait!(
+            routes,
+            cookie_translations,
+            allowlists,
+            vault_rules,
+            session_policies,
+            secrets
+        );
+    }
+
+    /// A copy of everything cached, as `compile()` takes it.
+    pub fn resources(&self) -> Resources {
+        fn all<K: Resource<DynamicType = ()> + Clone>(stores: &[Store<K>]) -> Vec<K> {
+            stores.iter().flat_map(|s| s.state()).map(|k| (*k).clone()).collect()
+        }
+        Resources {
+            routes: all(&self.routes),
+            cookie_translations: all(&self.cookie_translations),
+            allowlists: all(&self.allowlists),
+            vault_rules: all(&self.vault_rules),
+            session_policies: all(&self.session_policies),
+            secrets: all(&self.secrets),
+        }
+    }
+}
