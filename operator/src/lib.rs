@@ -10,5 +10,6 @@ pub mod leader;
 pub mod metrics;
 pub mod output;
 pub mod reconcile;
+pub mod run;
 pub mod status;
 pub mod watch;

@@ -8,16 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use k8s_openapi::api::coordination::v1::Lease;
-use keygate_operator::leader::Election;
 use keygate_operator::metrics::Metrics;
 use keygate_operator::output::Target;
-use keygate_operator::reconcile::{Context, FIELD_MANAGER, error_policy, reconcile};
-use keygate_operator::watch;
+use keygate_operator::run::{Settings, run};
 use keygate_proxy::server::{Plain, serve_plain};
-use kube::runtime::events::{Recorder, Reporter};
-use kube::{Api, Client};
-use tokio::sync::{Notify, watch as channel};
+use kube::Client;
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -78,42 +74,28 @@ async fn main() -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let notify = Arc::new(Notify::new());
-    let ctx = Arc::new(Context {
-        client: client.clone(),
+    let settings = Settings {
         target: Target {
-            namespace: args.namespace.clone(),
+            namespace: args.namespace,
             config_map: args.config_map,
             secret: args.secret,
         },
-        stores: watch::start(&client, &args.watch_namespaces, &notify),
-        metrics: Metrics::default(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(identity.clone()),
-            },
-        ),
-    });
-
-    let (stop_tx, stop_rx) = channel::channel(false);
-    let (leading_tx, mut leading) = channel::channel(false);
-    let election = Election {
-        api: Api::<Lease>::namespaced(client.clone(), &args.namespace),
-        name: args.lease,
+        watch_namespaces: args.watch_namespaces,
+        lease: args.lease,
         identity: identity.clone(),
-        duration: Duration::from_secs(args.lease_seconds),
-        renew: Duration::from_secs((args.lease_seconds / 3).max(1)),
+        lease_duration: Duration::from_secs(args.lease_seconds),
+        debounce: Duration::from_millis(args.debounce_ms),
+        resync: Duration::from_secs(300),
     };
-    let election = tokio::spawn(election.run(leading_tx, stop_rx.clone()));
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop) = watch::channel(false);
 
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("binding {}", args.metrics_listen))?;
-    tracing::info!(identity = %identity, metrics = %listener.local_addr()?, watch = ?args.watch_namespaces, "keygate-operator started");
-    let metrics_ctx = ctx.clone();
-    let mut admin_stop = stop_rx.clone();
+    tracing::info!(identity = %identity, metrics = %listener.local_addr()?, watch = ?settings.watch_namespaces, "keygate-operator started");
+    let scrape = metrics.clone();
+    let mut admin_stop = stop.clone();
     tokio::spawn(serve_plain(
         listener,
         async move {
@@ -121,46 +103,16 @@ async fn main() -> anyhow::Result<()> {
         },
         move |path| match path {
             "/healthz" | "/readyz" => Plain::ok("ok\n"),
-            "/metrics" => Plain::metrics(metrics_ctx.metrics.render()),
+            "/metrics" => Plain::metrics(scrape.render()),
             _ => Plain::not_found("/healthz or /metrics"),
         },
     ));
-
-    let mut stop = stop_rx;
-    let signal = tokio::spawn(async move {
+    tokio::spawn(async move {
         shutdown_signal().await;
+        tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
-    let resync = Duration::from_secs(300);
-    loop {
-        tokio::select! {
-            () = notify.notified() => {}
-            _ = leading.changed() => {}
-            () = tokio::time::sleep(resync) => {}
-            _ = stop.wait_for(|s| *s) => break,
-        }
-        let leads = *leading.borrow_and_update();
-        ctx.metrics.leader.set(i64::from(leads));
-        if !leads {
-            continue;
-        }
-        // Let a burst of changes (kubectl apply -f dir/) settle into one compile.
-        tokio::time::sleep(Duration::from_millis(args.debounce_ms)).await;
-        ctx.stores.ready().await;
-        match reconcile(&ctx).await {
-            Ok(outcome) => {
-                ctx.metrics.reconciled(true);
-                tracing::debug!(?outcome, "reconciled");
-            }
-            Err(e) => {
-                tokio::time::sleep(error_policy(&e, &ctx)).await;
-                notify.notify_one();
-            }
-        }
-    }
-    tracing::info!("shutting down");
-    let _ = election.await;
-    let _ = signal.await;
+    run(client, settings, metrics, stop).await;
     Ok(())
 }
 

@@ -81,6 +81,16 @@ impl Metrics {
         self.writes.get_or_create(&ObjectLabels { object }).inc();
     }
 
+    /// How many times `object` was written.
+    pub fn writes(&self, object: &'static str) -> u64 {
+        self.writes.get_or_create(&ObjectLabels { object }).get()
+    }
+
+    /// Reconciles that succeeded.
+    pub fn reconciles_ok(&self) -> u64 {
+        self.reconciles.get_or_create(&ResultLabels { result: "ok" }).get()
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -38,7 +38,7 @@ pub struct Context {
     /// Caches of the inputs.
     pub stores: Stores,
     /// Metrics.
-    pub metrics: Metrics,
+    pub metrics: std::sync::Arc<Metrics>,
     /// Event recorder.
     pub recorder: Recorder,
 }

@@ -1,0 +1,643 @@
+//! End to end against a real kube-apiserver + etcd (`tests/kube-env/up`), with real kubectl:
+//! CRDs install and explain, CEL refuses bad resources at apply, the operator compiles what is
+//! applied into the ConfigMap and Secret that a `--kube` proxy serves, statuses tell the story,
+//! and leadership moves between replicas. Operator replicas and the proxy run in-process; each
+//! test has its own namespace, operator output and Lease, and deletes its namespace after.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use keygate_crds::resources::{ProxyRoute, Status};
+use keygate_operator::metrics::Metrics;
+use keygate_operator::output::Target;
+use keygate_operator::run::{Settings, run};
+use keygate_proxy::proxy::Shared;
+use keygate_proxy::server::{ListenerLimits, serve_proxy};
+use keygate_proxy::source::{self, Source, kube::KubeSource};
+use keygate_tests::{Upstream, get};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+const CONFIG_MAP: &str = "keygate-config";
+const SECRET: &str = "keygate-secrets";
+
+fn kubeconfig_hint() -> &'static str {
+    "these tests need a real API server: run `tests/kube-env/up` and `export KUBECONFIG=tests/kube-env/run/kubeconfig` (scripts/test does both)"
+}
+
+fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new("kubectl");
+    cmd.args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("kubectl not runnable ({e}); install kubectl"));
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Installs the generated CRDs once per test run and waits until they are served.
+fn install_crds() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        assert!(std::env::var_os("KUBECONFIG").is_some(), "{}", kubeconfig_hint());
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/manifests");
+        let out = kubectl(&["apply", "--server-side", "-f", dir], None);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            kubeconfig_hint()
+        );
+        kubectl_ok(
+            &["wait", "--for=condition=Established", "--timeout=60s", "-f", dir],
+            None,
+        );
+    });
+}
+
+/// A fresh namespace, deleted when dropped.
+struct Namespace(String);
+
+impl Namespace {
+    fn new(prefix: &str) -> Namespace {
+        install_crds();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("e2e-{prefix}-{nanos:x}");
+        kubectl_ok(&["create", "namespace", &name], None);
+        Namespace(name)
+    }
+
+    fn apply(&self, yaml: &str) {
+        kubectl_ok(&["apply", "-n", &self.0, "-f", "-"], Some(yaml));
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"], None);
+    }
+}
+
+async fn client() -> Client {
+    Client::try_default()
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", kubeconfig_hint()))
+}
+
+/// One in-process operator replica writing into `namespace` and watching only it.
+struct Operator {
+    metrics: Arc<Metrics>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    async fn start(ns: &str, identity: &str) -> Operator {
+        let settings = Settings {
+            target: Target {
+                namespace: ns.into(),
+                config_map: CONFIG_MAP.into(),
+                secret: SECRET.into(),
+            },
+            watch_namespaces: vec![ns.into()],
+            lease: "keygate-operator".into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(3),
+            debounce: Duration::from_millis(50),
+            resync: Duration::from_secs(300),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(run(client().await, settings, metrics.clone(), rx));
+        Operator { metrics, stop, task }
+    }
+
+    /// Stops gracefully, releasing the Lease.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Dies without releasing anything, as a killed pod would.
+    fn kill(self) {
+        self.task.abort();
+    }
+
+    fn leads(&self) -> bool {
+        self.metrics.leader.get() == 1
+    }
+}
+
+/// An in-process proxy following the operator's ConfigMap and Secret through the API.
+async fn kube_proxy(ns: &str) -> (std::net::SocketAddr, Arc<Shared>) {
+    kube_proxy_as(client().await, ns).await
+}
+
+/// The same, with the API identity of `client`.
+async fn kube_proxy_as(client: Client, ns: &str) -> (std::net::SocketAddr, Arc<Shared>) {
+    let source = KubeSource::start(client, ns, CONFIG_MAP, SECRET);
+    source.ready().await;
+    let source = Source::Kube(source);
+    let shared = Arc::new(Shared::default());
+    let last = source::load_once(&source, &shared).ok().map(|(d, _)| d);
+    tokio::spawn(source::watch(source, shared.clone(), last, Duration::from_millis(500)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_proxy(
+        listener,
+        shared.clone(),
+        ListenerLimits::default(),
+        std::future::pending(),
+    ));
+    (addr, shared)
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `secs`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn secret(name: &str, key: &str, value: &str) -> String {
+    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData:\n  {key}: {value}\n---\n")
+}
+
+fn route(name: &str, prefix: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: keygate.dev/v1alpha1\nkind: ProxyRoute\nmetadata: {{name: {name}}}\nspec:\n  pathPrefix: {prefix}\n  upstream: {upstream}\n{extra}\n---\n"
+    )
+}
+
+/// The `Ready` condition of a route once it has one for the route's current generation.
+async fn ready_condition(ns: &str, name: &str) -> Option<(String, String, String)> {
+    let r = Api::<ProxyRoute>::namespaced(client().await, ns)
+        .get_opt(name)
+        .await
+        .ok()??;
+    let Status {
+        conditions,
+        observed_generation,
+    } = r.status?;
+    if observed_generation != r.metadata.generation {
+        return None;
+    }
+    let c = conditions.into_iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status, c.reason, c.message))
+}
+
+#[test]
+fn crds_install_and_explain_reads_well() {
+    install_crds();
+    let explain = kubectl_ok(&["explain", "proxyroute.spec"], None);
+    for text in [
+        "pathPrefix",
+        "longest matching prefix wins",
+        "forwardHeaders",
+        "Secrets",
+    ] {
+        assert!(explain.contains(text), "kubectl explain lacks {text:?}:\n{explain}");
+    }
+    let names = kubectl_ok(&["api-resources", "--api-group=keygate.dev", "-o", "name"], None);
+    for kind in [
+        "proxyroutes",
+        "cookietranslations",
+        "externalallowlists",
+        "tokenvaultrules",
+        "sessionchainpolicies",
+    ] {
+        assert!(
+            names.contains(&format!("{kind}.keygate.dev")),
+            "{kind} is not served: {names}"
+        );
+    }
+    let short = kubectl_ok(&["api-resources", "--api-group=keygate.dev"], None);
+    assert!(short.contains("kgroute") && short.contains("kgchain"), "{short}");
+}
+
+#[test]
+fn cel_rules_refuse_bad_resources_at_apply() {
+    let ns = Namespace::new("cel");
+    let head = |kind: &str| format!("apiVersion: keygate.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: bad}}\nspec:\n");
+    let cases = [
+        (
+            route("bad", "api", "https://api.example.com", ""),
+            "pathPrefix must start with '/'",
+        ),
+        (
+            route("bad", "/a", "https://api.example.com", "  allowlistRef: ext"),
+            "set exactly one of upstream",
+        ),
+        (
+            route("bad", "/a", "ftp://api.example.com", ""),
+            "upstream must be an absolute http:// or https:// URL",
+        ),
+        (
+            route("bad", "/a", "https://api.example.com", "  bodyLimit: 0"),
+            "bodyLimit must be greater than 0",
+        ),
+        (
+            route(
+                "bad",
+                "/a",
+                "https://api.example.com",
+                "  cors:\n    allowOrigins: ['*']\n    allowCredentials: true",
+            ),
+            "allowCredentials cannot be combined with origin '*'",
+        ),
+        (head("ExternalAllowlist") + "  hosts: [com]\n", "hosts entries must be"),
+        (
+            head("ExternalAllowlist") + "  hosts: ['10.0.0.1']\n",
+            "not IP addresses",
+        ),
+        (
+            head("TokenVaultRule")
+                + "  source: {store: none}\n  permissions: [{classification: pci}]\n  maxTokensPerRequest: 101\n",
+            "maxTokensPerRequest must be between 1 and 100",
+        ),
+        (
+            head("CookieTranslation")
+                + "  cookie: {sameSite: None, secure: false}\n  header: {name: Authorization}\n  sessionStart: {path: /login, tokenPointer: /token}\n",
+            "sameSite: None requires secure: true",
+        ),
+    ];
+    for (yaml, message) in cases {
+        let out = kubectl(&["apply", "-n", &ns.0, "-f", "-"], Some(&yaml));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the API server accepted:\n{yaml}");
+        assert!(stderr.contains(message), "kubectl did not print {message:?}:\n{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_route_is_served_updated_without_errors_and_deleted() {
+    let ns = Namespace::new("serve");
+    let up = Upstream::ok().await;
+    let op = Operator::start(&ns.0, "op-a").await;
+    let (proxy, _) = kube_proxy(&ns.0).await;
+    let url = |p: &str| format!("http://{proxy}{p}");
+    let key_route = |version: &str| {
+        secret("keys", "api", "e2e-secret-key")
+            + &route(
+                "api",
+                "/api",
+                &up.url(),
+                &format!(
+                    "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {{name: keys, key: api}}\n  - name: x-version\n    value: \"{version}\""
+                ),
+            )
+    };
+
+    let applied = Instant::now();
+    ns.apply(&key_route("1"));
+    eventually(20, "the route to be served", || async {
+        (get(&url("/api/x"), &[]).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    println!(
+        "apply-to-serving: {} ms (kubectl apply → operator → ConfigMap/Secret → proxy watch)",
+        applied.elapsed().as_millis()
+    );
+    let seen = up.last();
+    assert_eq!(seen.headers["x-api-key"], "e2e-secret-key");
+    let (status, reason, _) = eventually(20, "Ready=True", || ready_condition(&ns.0, "api")).await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Accepted"));
+
+    // Update under load: nothing fails, and the new version arrives.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, target) = (stop.clone(), ok.clone(), failed.clone(), url("/api/load"));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if get(&target, &[]).await.status == StatusCode::OK {
+                    ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed)
+                };
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ns.apply(&key_route("2"));
+    eventually(20, "version 2 to be served", || async {
+        (up.last().headers.get("x-version").is_some_and(|v| v == "2")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed while the route was updated"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 10);
+
+    kubectl_ok(&["delete", "proxyroute", "api", "-n", &ns.0], None);
+    let gone = eventually(20, "the route to disappear", || async {
+        let got = get(&url("/api/x"), &[]).await;
+        (got.status == StatusCode::NOT_FOUND).then_some(got)
+    })
+    .await;
+    assert_eq!(gone.error_code(), "ROUTE_NOT_FOUND");
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_secret_is_reported_then_resolved_without_touching_the_route() {
+    let ns = Namespace::new("missing");
+    let op = Operator::start(&ns.0, "op-a").await;
+    ns.apply(&route(
+        "api",
+        "/api",
+        "https://api.example.com",
+        "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: late-keys, key: api}",
+    ));
+    let (status, reason, message) = eventually(20, "Ready=False", || ready_condition(&ns.0, "api")).await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "SecretNotFound"));
+    assert!(
+        message.contains(&format!("Secret {}/late-keys does not exist", ns.0)),
+        "{message}"
+    );
+    let events = kubectl_ok(
+        &["get", "events", "-n", &ns.0, "-o", "jsonpath={.items[*].reason}"],
+        None,
+    );
+    let events = if events.contains("SecretNotFound") {
+        events
+    } else {
+        eventually(10, "a SecretNotFound event", || async {
+            let e = kubectl_ok(
+                &["get", "events", "-n", &ns.0, "-o", "jsonpath={.items[*].reason}"],
+                None,
+            );
+            e.contains("SecretNotFound").then_some(e)
+        })
+        .await
+    };
+    assert!(events.contains("SecretNotFound"));
+
+    let generation = kubectl_ok(
+        &[
+            "get",
+            "proxyroute",
+            "api",
+            "-n",
+            &ns.0,
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ],
+        None,
+    );
+    ns.apply(&secret("late-keys", "api", "late-value"));
+    let (status, reason, _) = eventually(20, "Ready=True", || async {
+        ready_condition(&ns.0, "api").await.filter(|(s, _, _)| s == "True")
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Accepted"));
+    let after = kubectl_ok(
+        &[
+            "get",
+            "proxyroute",
+            "api",
+            "-n",
+            &ns.0,
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ],
+        None,
+    );
+    assert_eq!(generation, after, "the route itself was not changed");
+    let statuses = kubectl_ok(&["get", "proxyroutes", "-n", &ns.0, "-o", "yaml"], None);
+    assert!(!statuses.contains("late-value"), "a secret value reached a status");
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_route_claiming_a_prefix_gets_conflict_and_older_keeps_serving() {
+    let ns = Namespace::new("conflict");
+    let (first, second) = (Upstream::ok().await, Upstream::ok().await);
+    let op = Operator::start(&ns.0, "op-a").await;
+    let (proxy, _) = kube_proxy(&ns.0).await;
+    ns.apply(&route("first", "/shared", &first.url(), ""));
+    eventually(20, "first Ready", || async {
+        ready_condition(&ns.0, "first").await.filter(|c| c.0 == "True")
+    })
+    .await;
+    // Creation timestamps have one-second resolution: make the second route strictly newer.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ns.apply(&route("second", "/shared", &second.url(), ""));
+    let (status, reason, message) = eventually(20, "second refused", || ready_condition(&ns.0, "second")).await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Conflict"));
+    assert!(message.contains(&format!("ProxyRoute {}/first", ns.0)), "{message}");
+    eventually(20, "the first route served", || async {
+        (get(&format!("http://{proxy}/shared/x"), &[]).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(first.count(), 1);
+    assert_eq!(second.count(), 0, "the newer route took the prefix");
+    op.stop().await;
+}
+
+async fn config_versions(ns: &str) -> (String, String) {
+    let c = client().await;
+    let cm = Api::<ConfigMap>::namespaced(c.clone(), ns)
+        .get(CONFIG_MAP)
+        .await
+        .unwrap();
+    let s = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c, ns)
+        .get(SECRET)
+        .await
+        .unwrap();
+    (
+        cm.metadata.resource_version.unwrap(),
+        s.metadata.resource_version.unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_operator_writes_nothing_when_nothing_changed() {
+    let ns = Namespace::new("restart");
+    let op = Operator::start(&ns.0, "op-a").await;
+    ns.apply(
+        &(secret("keys", "api", "v")
+            + &route(
+                "api",
+                "/api",
+                "https://api.example.com",
+                "  forwardHeaders:\n  - name: k\n    valueFrom: {name: keys, key: api}",
+            )),
+    );
+    eventually(20, "Ready", || async {
+        ready_condition(&ns.0, "api").await.filter(|c| c.0 == "True")
+    })
+    .await;
+    let before = config_versions(&ns.0).await;
+    op.stop().await;
+
+    let again = Operator::start(&ns.0, "op-b").await;
+    eventually(20, "the restarted operator to reconcile", || async {
+        (again.metrics.reconciles_ok() > 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        config_versions(&ns.0).await,
+        before,
+        "a restart with nothing changed rewrote the ConfigMap or Secret"
+    );
+    assert_eq!(
+        again.metrics.writes("configmap") + again.metrics.writes("secret") + again.metrics.writes("status"),
+        0
+    );
+    again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_writes_and_another_takes_over() {
+    let ns = Namespace::new("lease");
+    let a = Operator::start(&ns.0, "op-a").await;
+    let b = Operator::start(&ns.0, "op-b").await;
+    eventually(20, "a leader", || async { (a.leads() || b.leads()).then_some(()) }).await;
+    assert!(!(a.leads() && b.leads()), "two leaders");
+    ns.apply(&route("api", "/api", "https://api.example.com", ""));
+    eventually(20, "Ready", || async {
+        ready_condition(&ns.0, "api").await.filter(|c| c.0 == "True")
+    })
+    .await;
+    let (leader, follower) = if a.leads() { (a, b) } else { (b, a) };
+    assert!(leader.metrics.writes("configmap") > 0);
+    assert_eq!(
+        follower.metrics.writes("configmap") + follower.metrics.writes("status"),
+        0,
+        "the follower wrote"
+    );
+
+    let old = kubectl_ok(
+        &[
+            "get",
+            "configmap",
+            CONFIG_MAP,
+            "-n",
+            &ns.0,
+            "-o",
+            "jsonpath={.metadata.annotations.keygate\\.dev/snapshot-hash}",
+        ],
+        None,
+    );
+    leader.kill();
+    ns.apply(&route("more", "/more", "https://api.example.com", ""));
+    let took_over = Instant::now();
+    eventually(30, "the follower to take over and write", || async {
+        let now = kubectl_ok(
+            &[
+                "get",
+                "configmap",
+                CONFIG_MAP,
+                "-n",
+                &ns.0,
+                "-o",
+                "jsonpath={.metadata.annotations.keygate\\.dev/snapshot-hash}",
+            ],
+            None,
+        );
+        (now != old).then_some(())
+    })
+    .await;
+    println!(
+        "takeover after the leader died: {} ms (lease 3 s)",
+        took_over.elapsed().as_millis()
+    );
+    assert!(follower.leads());
+    let lease = Api::<Lease>::namespaced(client().await, &ns.0)
+        .get("keygate-operator")
+        .await
+        .unwrap();
+    let spec = lease.spec.unwrap();
+    assert!(spec.holder_identity.is_some());
+    assert!(spec.lease_transitions.unwrap_or(0) >= 1);
+    follower.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_needs_only_a_role_on_the_two_objects() {
+    let ns = Namespace::new("rbac");
+    let rbac = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/proxy-rbac.yaml");
+    kubectl_ok(&["apply", "-n", &ns.0, "-f", rbac], None);
+    let who = format!("--as=system:serviceaccount:{}:keygate-proxy", ns.0);
+    let can = |verb: &str, what: &str| {
+        kubectl(&["auth", "can-i", verb, what, "-n", &ns.0, &who], None)
+            .status
+            .success()
+    };
+    assert!(can("watch", "secrets/keygate-secrets") && can("get", "configmaps/keygate-config"));
+    assert!(
+        !can("get", "secrets/other") && !can("list", "secrets") && !can("get", "proxyroutes"),
+        "the Role grants more than the two objects"
+    );
+
+    let up = Upstream::ok().await;
+    let op = Operator::start(&ns.0, "op-a").await;
+    ns.apply(
+        &(secret("keys", "api", "rbac-key")
+            + &route(
+                "api",
+                "/api",
+                &up.url(),
+                "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: keys, key: api}",
+            )),
+    );
+    eventually(20, "Ready", || async {
+        ready_condition(&ns.0, "api").await.filter(|c| c.0 == "True")
+    })
+    .await;
+
+    let token = kubectl_ok(
+        &["create", "token", "keygate-proxy", "-n", &ns.0, "--duration=10m"],
+        None,
+    );
+    let mut config = kube::Config::infer().await.unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.trim().to_string().into()),
+        ..Default::default()
+    };
+    let (proxy, _) = kube_proxy_as(Client::try_from(config).unwrap(), &ns.0).await;
+    eventually(20, "the restricted proxy to serve", || async {
+        (get(&format!("http://{proxy}/api/x"), &[]).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(up.last().headers["x-api-key"], "rbac-key");
+    op.stop().await;
+}
