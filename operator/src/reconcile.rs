@@ -73,7 +73,14 @@ pub async fn reconcile(ctx: &Context) -> Result<Outcome, Error> {
     match output::build(&compiled, &ctx.target) {
         Ok(outputs) => {
             ctx.metrics.snapshot_bytes.set(outputs.stored_bytes as i64);
-            (outcome.wrote_secret, outcome.wrote_config_map) = apply_outputs(ctx, &outputs).await?;
+            (outcome.wrote_secret, outcome.wrote_config_map) =
+                apply_outputs(&ctx.client, &ctx.target, &outputs).await?;
+            if outcome.wrote_secret {
+                ctx.metrics.wrote("secret");
+            }
+            if outcome.wrote_config_map {
+                ctx.metrics.wrote("configmap");
+            }
         }
         Err(too_large) => {
             // Nothing new can be delivered, so nothing is served as compiled: say so everywhere.
@@ -113,30 +120,29 @@ pub fn error_policy(error: &Error, ctx: &Context) -> Duration {
 
 /// Applies the Secret, then the ConfigMap (so a proxy that sees the new snapshot finds its
 /// secrets already there), each only if its digest differs from what the cluster holds.
-async fn apply_outputs(ctx: &Context, out: &Outputs) -> Result<(bool, bool), Error> {
+/// Returns whether the Secret and the ConfigMap were written.
+pub async fn apply_outputs(client: &Client, target: &Target, out: &Outputs) -> Result<(bool, bool), Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.target.namespace);
-    let current = secrets.get_opt(&ctx.target.secret).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
+    let current = secrets.get_opt(&target.secret).await?;
     let secret_current = current.as_ref().is_some_and(|s| {
         annotation(&s.metadata, SECRETS_DIGEST_ANNOTATION) == Some(out.secrets_digest.as_str())
             && annotation(&s.metadata, SNAPSHOT_HASH_ANNOTATION) == Some(out.snapshot_hash.as_str())
     });
     if !secret_current {
         secrets
-            .patch(&ctx.target.secret, &params, &Patch::Apply(&out.secret))
+            .patch(&target.secret, &params, &Patch::Apply(&out.secret))
             .await?;
-        ctx.metrics.wrote("secret");
     }
-    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.target.namespace);
-    let current = config_maps.get_opt(&ctx.target.config_map).await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &target.namespace);
+    let current = config_maps.get_opt(&target.config_map).await?;
     let config_current = current
         .as_ref()
         .is_some_and(|c| annotation(&c.metadata, SNAPSHOT_HASH_ANNOTATION) == Some(out.snapshot_hash.as_str()));
     if !config_current {
         config_maps
-            .patch(&ctx.target.config_map, &params, &Patch::Apply(&out.config_map))
+            .patch(&target.config_map, &params, &Patch::Apply(&out.config_map))
             .await?;
-        ctx.metrics.wrote("configmap");
         tracing::info!(hash = %out.snapshot_hash, bytes = out.stored_bytes, "configuration written");
     }
     Ok((!secret_current, !config_current))
@@ -224,5 +230,110 @@ async fn record_refusal<K: Keygate>(ctx: &Context, item: &K, report: &Report) {
     match ctx.recorder.publish(&event, &item.object_ref(&())).await {
         Ok(()) => ctx.metrics.wrote("event"),
         Err(e) => tracing::warn!(object = %report.object, error = %e, "recording an event failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Method, Request, Response};
+    use keygate_crds::{Resources, manifests};
+    use kube::client::Body;
+
+    fn outputs() -> (Target, Outputs) {
+        let yaml = "apiVersion: keygate.dev/v1alpha1\nkind: ProxyRoute\nmetadata: {name: api}\nspec: {upstream: 'https://api.example.com'}\n";
+        let parsed = manifests::parse([("t.yaml", yaml)]);
+        let compiled = compile(&Resources { ..parsed.resources });
+        let target = Target {
+            namespace: "keygate-system".into(),
+            config_map: "keygate-config".into(),
+            secret: "keygate-secrets".into(),
+        };
+        let out = output::build(&compiled, &target).unwrap();
+        (target, out)
+    }
+
+    /// A fake API server: answers each expected (method, path) in order with `body`, and
+    /// fails the test on anything else.
+    fn fake_api(expected: Vec<(Method, &'static str, serde_json::Value)>) -> (Client, tokio::task::JoinHandle<()>) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            for (method, path, body) in expected {
+                let (req, send) = handle.next_request().await.expect("the client sent a request");
+                assert_eq!((req.method(), req.uri().path()), (&method, path));
+                if method == Method::PATCH {
+                    assert!(
+                        req.uri()
+                            .query()
+                            .unwrap_or_default()
+                            .contains("fieldManager=keygate-operator")
+                    );
+                }
+                let status = if body.is_null() { 404 } else { 200 };
+                let body = if body.is_null() {
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "code": 404, "reason": "NotFound", "status": "Failure", "message": "not found"})
+                } else {
+                    body
+                };
+                send.send_response(
+                    Response::builder()
+                        .status(status)
+                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        (Client::new(service, "default"), server)
+    }
+
+    const SECRET_PATH: &str = "/api/v1/namespaces/keygate-system/secrets/keygate-secrets";
+    const CONFIG_MAP_PATH: &str = "/api/v1/namespaces/keygate-system/configmaps/keygate-config";
+
+    #[tokio::test]
+    async fn unchanged_outputs_are_read_but_not_written() {
+        let (target, out) = outputs();
+        let secret = serde_json::to_value(&out.secret).unwrap();
+        let config_map = serde_json::to_value(&out.config_map).unwrap();
+        let (client, server) = fake_api(vec![
+            (Method::GET, SECRET_PATH, secret),
+            (Method::GET, CONFIG_MAP_PATH, config_map),
+        ]);
+        assert_eq!(apply_outputs(&client, &target, &out).await.unwrap(), (false, false));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn missing_outputs_are_applied_secret_first() {
+        let (target, out) = outputs();
+        let secret = serde_json::to_value(&out.secret).unwrap();
+        let config_map = serde_json::to_value(&out.config_map).unwrap();
+        let (client, server) = fake_api(vec![
+            (Method::GET, SECRET_PATH, serde_json::Value::Null),
+            (Method::PATCH, SECRET_PATH, secret),
+            (Method::GET, CONFIG_MAP_PATH, serde_json::Value::Null),
+            (Method::PATCH, CONFIG_MAP_PATH, config_map),
+        ]);
+        assert_eq!(apply_outputs(&client, &target, &out).await.unwrap(), (true, true));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_rotated_secret_rewrites_only_the_secret() {
+        let (target, out) = outputs();
+        let mut stale = out.secret.clone();
+        stale
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(SECRETS_DIGEST_ANNOTATION.into(), "old".into());
+        let config_map = serde_json::to_value(&out.config_map).unwrap();
+        let (client, server) = fake_api(vec![
+            (Method::GET, SECRET_PATH, serde_json::to_value(&stale).unwrap()),
+            (Method::PATCH, SECRET_PATH, serde_json::to_value(&out.secret).unwrap()),
+            (Method::GET, CONFIG_MAP_PATH, config_map),
+        ]);
+        assert_eq!(apply_outputs(&client, &target, &out).await.unwrap(), (true, false));
+        server.await.unwrap();
     }
 }
