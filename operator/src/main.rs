@@ -11,6 +11,7 @@ use clap::Parser;
 use keygate_operator::metrics::Metrics;
 use keygate_operator::output::Target;
 use keygate_operator::run::{Settings, run};
+use keygate_proxy::process::{init_logging, shutdown_signal};
 use keygate_proxy::server::{Plain, serve_plain};
 use kube::Client;
 use tokio::sync::watch;
@@ -57,15 +58,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_format == "json" {
-        logs.json().init()
-    } else {
-        logs.init()
-    }
+    init_logging(&args.log_format);
 
     let client = Client::try_default()
         .await
@@ -114,13 +107,4 @@ async fn main() -> anyhow::Result<()> {
     });
     run(client, settings, metrics, stop).await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

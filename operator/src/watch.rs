@@ -4,13 +4,13 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Secret;
 use keygate_crds::Resources;
 use keygate_crds::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use keygate_proxy::source::kube::watch_store;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -56,27 +56,9 @@ where
             .map(|ns| Api::namespaced(client.clone(), ns))
             .collect()
     };
-    apis.into_iter().map(|api| spawn(api, notify.clone())).collect()
-}
-
-fn spawn<K>(api: Api<K>, notify: Arc<Notify>) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => notify.notify_one(),
-                Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
-            }
-        }
-    });
-    reader
+    apis.into_iter()
+        .map(|api| watch_store(api, watcher::Config::default(), notify.clone()))
+        .collect()
 }
 
 impl Stores {

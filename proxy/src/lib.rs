@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod pipeline;
+pub mod process;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use keygate_proxy::process::{init_logging, shutdown_signal};
 use keygate_proxy::proxy::Shared;
 use keygate_proxy::server::{ListenerLimits, serve_admin, serve_proxy};
 use keygate_proxy::source::kube::KubeSource;
@@ -101,18 +102,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init()
-    } else {
-        builder.init()
     }
 }
 
@@ -218,13 +207,4 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     let _ = proxy.await;
     let _ = admin.await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

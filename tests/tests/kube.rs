@@ -75,6 +75,11 @@ fn install_crds() {
     });
 }
 
+/// One field of an object, by kubectl's JSONPath.
+fn jsonpath(ns: &str, object: &str, path: &str) -> String {
+    kubectl_ok(&["get", object, "-n", ns, "-o", &format!("jsonpath={path}")], None)
+}
+
 /// A fresh namespace, deleted when dropped.
 struct Namespace(String);
 
@@ -392,54 +397,22 @@ async fn missing_secret_is_reported_then_resolved_without_touching_the_route() {
         message.contains(&format!("Secret {}/late-keys does not exist", ns.0)),
         "{message}"
     );
-    let events = kubectl_ok(
-        &["get", "events", "-n", &ns.0, "-o", "jsonpath={.items[*].reason}"],
-        None,
-    );
-    let events = if events.contains("SecretNotFound") {
-        events
-    } else {
-        eventually(10, "a SecretNotFound event", || async {
-            let e = kubectl_ok(
-                &["get", "events", "-n", &ns.0, "-o", "jsonpath={.items[*].reason}"],
-                None,
-            );
-            e.contains("SecretNotFound").then_some(e)
-        })
-        .await
-    };
-    assert!(events.contains("SecretNotFound"));
+    // The refusal is also an Event on the route, for `kubectl describe`.
+    eventually(10, "a SecretNotFound event", || async {
+        jsonpath(&ns.0, "events", "{.items[*].reason}")
+            .contains("SecretNotFound")
+            .then_some(())
+    })
+    .await;
 
-    let generation = kubectl_ok(
-        &[
-            "get",
-            "proxyroute",
-            "api",
-            "-n",
-            &ns.0,
-            "-o",
-            "jsonpath={.metadata.generation}",
-        ],
-        None,
-    );
+    let generation = jsonpath(&ns.0, "proxyroute/api", "{.metadata.generation}");
     ns.apply(&secret("late-keys", "api", "late-value"));
     let (status, reason, _) = eventually(20, "Ready=True", || async {
         ready_condition(&ns.0, "api").await.filter(|(s, _, _)| s == "True")
     })
     .await;
     assert_eq!((status.as_str(), reason.as_str()), ("True", "Accepted"));
-    let after = kubectl_ok(
-        &[
-            "get",
-            "proxyroute",
-            "api",
-            "-n",
-            &ns.0,
-            "-o",
-            "jsonpath={.metadata.generation}",
-        ],
-        None,
-    );
+    let after = jsonpath(&ns.0, "proxyroute/api", "{.metadata.generation}");
     assert_eq!(generation, after, "the route itself was not changed");
     let statuses = kubectl_ok(&["get", "proxyroutes", "-n", &ns.0, "-o", "yaml"], None);
     assert!(!statuses.contains("late-value"), "a secret value reached a status");
@@ -545,33 +518,19 @@ async fn only_the_lease_holder_writes_and_another_takes_over() {
         "the follower wrote"
     );
 
-    let old = kubectl_ok(
-        &[
-            "get",
-            "configmap",
-            CONFIG_MAP,
-            "-n",
-            &ns.0,
-            "-o",
-            "jsonpath={.metadata.annotations.keygate\\.dev/snapshot-hash}",
-        ],
-        None,
+    let old = jsonpath(
+        &ns.0,
+        &format!("configmap/{CONFIG_MAP}"),
+        "{.metadata.annotations.keygate\\.dev/snapshot-hash}",
     );
     leader.kill();
     ns.apply(&route("more", "/more", "https://api.example.com", ""));
     let took_over = Instant::now();
     eventually(30, "the follower to take over and write", || async {
-        let now = kubectl_ok(
-            &[
-                "get",
-                "configmap",
-                CONFIG_MAP,
-                "-n",
-                &ns.0,
-                "-o",
-                "jsonpath={.metadata.annotations.keygate\\.dev/snapshot-hash}",
-            ],
-            None,
+        let now = jsonpath(
+            &ns.0,
+            &format!("configmap/{CONFIG_MAP}"),
+            "{.metadata.annotations.keygate\\.dev/snapshot-hash}",
         );
         (now != old).then_some(())
     })

@@ -103,10 +103,21 @@ fn watch_one<K>(api: Api<K>, name: &str, changed: &Arc<Notify>) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
+    watch_store(
+        api,
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+        changed.clone(),
+    )
+}
+
+/// A reflector cache of what `api` and `config` select, kept current by a background watch
+/// (retrying with backoff) that pokes `changed` on every event. Shared with the operator.
+pub fn watch_store<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let stream = watcher(api, config).default_backoff().reflect(writer);
-    let changed = changed.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
