@@ -58,6 +58,8 @@ pub enum ConfigError {
 
 /// A route ready to serve.
 pub struct LiveRoute {
+    /// The route id, shared so metrics labels cost a reference count, not an allocation.
+    pub id: Arc<str>,
     /// The compiled route.
     pub spec: Route,
     /// Where requests go.
@@ -225,6 +227,7 @@ fn build_route(
     Ok((
         key,
         LiveRoute {
+            id: Arc::from(route.id.as_str()),
             spec: route.clone(),
             target,
             inject,

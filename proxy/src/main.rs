@@ -136,10 +136,17 @@ fn check(dir: &std::path::Path) -> ExitCode {
 }
 
 fn run(args: Box<Serve>) -> anyhow::Result<()> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.workers {
-        runtime.worker_threads(n.max(1));
-    }
+    // One worker: a current-thread runtime, which skips the work-stealing scheduler's
+    // cross-thread wake-ups that buy nothing with a single worker.
+    let mut runtime = match args.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = runtime.enable_all().build().context("starting the runtime")?;
     runtime.block_on(serve(*args))
 }

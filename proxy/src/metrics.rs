@@ -1,24 +1,35 @@
 //! Prometheus metrics of the data plane, rendered by the admin port's `/metrics`. Labels carry
 //! route ids, statuses and the config hash — never paths, headers or anything a client sent.
 
-use std::sync::Mutex;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// A route id as a label value; an `Arc` so counting a request allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct RouteLabel(Arc<str>);
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: RouteLabel,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: RouteLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,6 +44,11 @@ struct InfoLabels {
 
 /// Route label of requests no route matched, so unknown paths cannot grow the label set.
 const NO_ROUTE: &str = "-";
+
+fn no_route() -> Arc<str> {
+    static NONE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    NONE.get_or_init(|| Arc::from(NO_ROUTE)).clone()
+}
 
 fn latency_histogram() -> Histogram {
     // 250µs .. ~16s
@@ -92,16 +108,16 @@ impl Metrics {
     }
 
     /// Counts one answered request.
-    pub fn request(&self, route: Option<&str>, status: u16) {
-        let route = route.unwrap_or(NO_ROUTE).to_string();
+    pub fn request(&self, route: Option<&Arc<str>>, status: u16) {
+        let route = RouteLabel(route.cloned().unwrap_or_else(no_route));
         self.requests.get_or_create(&RequestLabels { route, status }).inc();
     }
 
     /// Records the time to upstream response headers.
-    pub fn upstream_latency(&self, route: &str, seconds: f64) {
+    pub fn upstream_latency(&self, route: &Arc<str>, seconds: f64) {
         self.upstream_seconds
             .get_or_create(&RouteLabels {
-                route: route.to_string(),
+                route: RouteLabel(route.clone()),
             })
             .observe(seconds);
     }

@@ -34,35 +34,38 @@ pub struct Shared {
 /// Serves one request.
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
-    let method = req.method().clone();
-    // Paths only: query strings may carry tokens and never reach the log.
-    let path = req.uri().path().to_string();
+    // Paths only: query strings may carry tokens and never reach the log. Copied only when
+    // the access log is on, since the request is consumed before the line is written.
+    let access = tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().path().to_string()));
     let config = shared.config.load_full();
-    let route = config.as_ref().and_then(|c| c.route(&path)).cloned();
+    let route = config.as_ref().and_then(|c| c.route(req.uri().path())).cloned();
     let result = match (&config, &route) {
         (None, _) => Err(ProxyError::NotReady),
         (Some(_), None) => Err(ProxyError::RouteNotFound),
         (Some(_), Some(route)) => forward(&shared, route, req, peer).await,
     };
-    let route_id = route.as_ref().map(|r| r.spec.id.as_str());
+    let route_id = route.as_ref().map(|r| &r.id);
     let (resp, code) = match result {
         Ok(resp) => (resp, None),
         Err(e) => {
             let code = e.code();
-            (e.into_response(route_id), Some(code))
+            (e.into_response(route_id.map(|id| &**id)), Some(code))
         }
     };
     let status = resp.status().as_u16();
     shared.metrics.request(route_id, status);
-    tracing::info!(
-        target: "keygate::access",
-        method = %method,
-        path = %path,
-        route = route_id.unwrap_or("-"),
-        status,
-        error = code.unwrap_or(""),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-    );
+    if let Some((method, path)) = access {
+        tracing::info!(
+            target: "keygate::access",
+            method = %method,
+            path = %path,
+            route = route_id.map_or("-", |id| &**id),
+            status,
+            error = code.unwrap_or(""),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
     resp
 }
 
@@ -98,9 +101,7 @@ async fn forward(
         route.client.request(Request::from_parts(parts, body)),
     )
     .await;
-    shared
-        .metrics
-        .upstream_latency(&route.spec.id, sent.elapsed().as_secs_f64());
+    shared.metrics.upstream_latency(&route.id, sent.elapsed().as_secs_f64());
     let upstream = match outcome {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(_)) if exceeded.load(Ordering::Acquire) => return Err(ProxyError::BodyTooLarge(route.spec.body_limit)),
