@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{compile_docs, created, doc, parse, problem_lines, report, secret, served_routes, shop};
+use common::{compile_docs, created, doc, parse, problem_lines, report, secret, secret_values, served_routes, shop};
 use keygate_crds::report::reasons;
 use keygate_crds::{Compiled, Kind, compile};
 use pretty_assertions::assert_eq;
@@ -169,12 +169,7 @@ fn full_setup_compiles_to_this_exact_snapshot() {
             },
         })
     );
-    let values: Vec<(&str, &str)> = compiled
-        .secrets
-        .values
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let values = secret_values(&compiled);
     assert_eq!(
         values,
         [

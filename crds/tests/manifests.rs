@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{compile_docs, dedent, parse_files, shop};
+use common::{compile_docs, dedent, parse_files, secret_values, shop};
 use keygate_crds::manifests::{self, ParseProblem};
 use pretty_assertions::assert_eq;
 
@@ -198,12 +198,7 @@ fn secrets_are_read_from_string_data_and_base64_data() {
         - {name: x-b, valueFrom: {name: keys, key: b}}",
     );
     let compiled = compile_docs(&[secret, route]);
-    let values: Vec<(&str, &str)> = compiled
-        .secrets
-        .values
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let values = secret_values(&compiled);
     assert_eq!(
         values,
         [("shop/keys/a", "from-data"), ("shop/keys/b", "from-string-data")]

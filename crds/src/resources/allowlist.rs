@@ -30,7 +30,7 @@ pub struct ExternalAllowlistSpec {
     /// Request header in which the client names the destination base URL. Default `X-Target-URL`.
     #[serde(default = "default_target_header")]
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("targetUrlHeader must be an HTTP header name"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("targetUrlHeader must be an HTTP header name"))]
     pub target_url_header: String,
     /// Allowed host names: exact (`api.example.com`) or one wildcard label in front
     /// (`*.example.com`, matching one or more labels). No IP literals, no bare TLDs.

@@ -59,7 +59,7 @@ pub struct CookieSettings {
     /// Cookie name. Default `keygate_session`.
     #[serde(default = "default_cookie_name")]
     #[schemars(length(min = 1, max = 128))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("cookie name must be a token: letters, digits and !#$%&*+.^_`|~-"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("cookie name must be a token: letters, digits and !#$%&*+.^_`|~-"))]
     pub name: String,
     /// Prefix the name with `__Host-` so the browser binds the cookie to this exact host.
     #[serde(default)]
@@ -127,7 +127,7 @@ pub enum SameSite {
 pub struct HeaderTemplate {
     /// Header name, e.g. `Authorization` or `x-auth-token`.
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("name must be an HTTP header name"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("name must be an HTTP header name"))]
     pub name: String,
     /// Value template; `{token}` is replaced by the token, e.g. `Bearer {token}`. Default `{token}`.
     #[serde(default = "default_template")]

@@ -1,5 +1,12 @@
 //! The five Keygate custom resources (`keygate.dev/v1alpha1`).
 
+/// RFC 9110 `token`, what header and cookie names consist of, as the regex in CEL rules.
+macro_rules! token_re {
+    () => {
+        "^[A-Za-z0-9!#$%&*+.^_`|~-]+$"
+    };
+}
+
 pub mod allowlist;
 pub mod common;
 pub mod cookie;

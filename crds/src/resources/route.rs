@@ -202,7 +202,7 @@ pub struct Timeouts {
 pub struct ForwardHeader {
     /// Header name, e.g. `x-api-key`.
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("name must be an HTTP header name (letters, digits and !#$%&*+.^_`|~-)"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("name must be an HTTP header name (letters, digits and !#$%&*+.^_`|~-)"))]
     pub name: String,
     /// Plain, non-secret value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,12 +219,12 @@ pub struct ForwardHeader {
 pub struct ExposeHeader {
     /// Upstream header name, e.g. `Location`.
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("name must be an HTTP header name"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("name must be an HTTP header name"))]
     pub name: String,
     /// Name the browser sees, e.g. `X-WHIP-Resource`. Default: unchanged.
     #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("as must be an HTTP header name"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("as must be an HTTP header name"))]
     pub rename: Option<String>,
 }
 
@@ -273,7 +273,7 @@ pub struct ApiKeyAuth {
     /// Request header carrying the key. Default `x-api-key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("header must be an HTTP header name"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("header must be an HTTP header name"))]
     pub header: Option<String>,
     /// Secret whose keys are app names and whose values are that app's API keys (one per line
     /// for rotation). Keygate keeps only their SHA-256 hashes.
@@ -296,12 +296,12 @@ pub struct Cors {
     /// Request headers allowed cross-origin, in addition to those Keygate itself needs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
-    #[x_kube(validation = Rule::new("self.all(h, h.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$'))").message("allowHeaders entries must be HTTP header names"))]
+    #[x_kube(validation = Rule::new(concat!("self.all(h, h.matches('", token_re!(), "'))")).message("allowHeaders entries must be HTTP header names"))]
     pub allow_headers: Vec<String>,
     /// Response headers the browser may read, in addition to renamed `exposeHeaders`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
-    #[x_kube(validation = Rule::new("self.all(h, h.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$'))").message("exposeHeaders entries must be HTTP header names"))]
+    #[x_kube(validation = Rule::new(concat!("self.all(h, h.matches('", token_re!(), "'))")).message("exposeHeaders entries must be HTTP header names"))]
     pub expose_headers: Vec<String>,
     /// Allow cookies on cross-origin requests.
     #[serde(default)]
@@ -323,7 +323,7 @@ pub struct Csrf {
     /// Header for `header` mode, e.g. `x-csrf`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("headerName must be an HTTP header name"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("headerName must be an HTTP header name"))]
     pub header_name: Option<String>,
     /// Required value for `header` mode; any value when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

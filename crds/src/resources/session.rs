@@ -70,17 +70,17 @@ pub struct ChainHeaders {
     /// App API key header. Default `x-api-key`.
     #[serde(default = "default_api_key")]
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("apiKey must be an HTTP header name"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("apiKey must be an HTTP header name"))]
     pub api_key: String,
     /// Session id header. Default `x-session-id`.
     #[serde(default = "default_session_id")]
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("sessionId must be an HTTP header name"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("sessionId must be an HTTP header name"))]
     pub session_id: String,
     /// Next chain link header. Default `x-request-id`.
     #[serde(default = "default_request_id")]
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$')").message("requestId must be an HTTP header name"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("requestId must be an HTTP header name"))]
     pub request_id: String,
 }
 

@@ -114,3 +114,13 @@ pub fn problem_lines(compiled: &Compiled, kind: Kind, name: &str) -> Vec<String>
 pub fn served_routes(compiled: &Compiled) -> Vec<&str> {
     compiled.snapshot.routes.iter().map(|r| r.id.as_str()).collect()
 }
+
+/// The secret snapshot's values as `(id, value)` pairs, in id order.
+pub fn secret_values(compiled: &Compiled) -> Vec<(&str, &str)> {
+    compiled
+        .secrets
+        .values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
