@@ -74,7 +74,8 @@ fn labels() -> BTreeMap<String, String> {
 
 /// Builds both objects, or says which does not fit.
 pub fn build(compiled: &Compiled, target: &Target) -> Result<Outputs, TooLarge> {
-    let snapshot_hash = compiled.snapshot.hash();
+    // compile() already hashed the snapshot; serializing a large one again is not free.
+    let snapshot_hash = compiled.secrets.snapshot_hash.clone();
     let json = compiled.snapshot.to_json();
     let mut config_map = ConfigMap {
         metadata: meta(

@@ -66,7 +66,7 @@ pub async fn reconcile(ctx: &Context) -> Result<Outcome, Error> {
     ctx.metrics.compile_seconds.observe(started.elapsed().as_secs_f64());
 
     let mut outcome = Outcome {
-        snapshot_hash: compiled.snapshot.hash(),
+        snapshot_hash: compiled.secrets.snapshot_hash.clone(),
         ..Outcome::default()
     };
     let mut reports = compiled.reports.clone();

@@ -64,7 +64,18 @@ pub enum LoadError {
     Pending,
     /// The snapshot is well-formed but cannot be served.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(ConfigError),
+}
+
+impl From<ConfigError> for LoadError {
+    /// A secret snapshot of another snapshot is not an error in itself: it is how a half-done
+    /// update of the ConfigMap and Secret looks, and the next read usually completes it.
+    fn from(e: ConfigError) -> Self {
+        match e {
+            ConfigError::SecretsMismatch { .. } => LoadError::Pending,
+            e => LoadError::Config(e),
+        }
+    }
 }
 
 /// The raw files of one read, with a digest to tell whether anything changed.
@@ -118,9 +129,7 @@ impl Source {
                 };
                 let snapshot: Snapshot = parse_json(snap_path, &decode_snapshot(snap_path, snap)?)?;
                 let secrets: SecretSnapshot = parse_json(sec_path, sec)?;
-                if secrets.snapshot_hash != snapshot.hash() {
-                    return Err(LoadError::Pending);
-                }
+                // Whether the two belong together is checked once, by Config::build.
                 Ok((snapshot, secrets))
             }
         }
