@@ -175,9 +175,10 @@ async fn streams_a_64_mib_upload_without_buffering_it() {
         before as f64 / 1048576.0,
         peak as f64 / 1048576.0
     );
+    // A buffered upload would add its 64 MiB to the peak; streaming adds a few buffers.
     assert!(
-        peak < 32 * 1024 * 1024,
-        "peak RSS {peak} bytes: the proxy buffered the upload"
+        peak.saturating_sub(before) < 16 * 1024 * 1024,
+        "peak RSS grew from {before} to {peak} bytes: the proxy buffered the upload"
     );
 }
 
