@@ -55,10 +55,38 @@ fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Everything the in-process operators and proxies log, at debug level, so tests can prove no
+/// secret value is ever written there.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Fails if `secret` appears in any log line written so far.
+fn assert_not_logged(secret: &str) {
+    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    assert!(logs.contains("keygate"), "no logs were captured; the capture is broken");
+    assert!(!logs.contains(secret), "a secret value reached the logs");
+}
+
 /// Installs the generated CRDs once per test run and waits until they are served.
 fn install_crds() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_env_filter("keygate_operator=debug,keygate_proxy=debug,kube=info")
+            .with_writer(|| LogSink)
+            .with_ansi(false)
+            .init();
         assert!(std::env::var_os("KUBECONFIG").is_some(), "{}", kubeconfig_hint());
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/manifests");
         let out = kubectl(&["apply", "--server-side", "-f", dir], None);
@@ -379,6 +407,7 @@ async fn applied_route_is_served_updated_without_errors_and_deleted() {
     .await;
     assert_eq!(gone.error_code(), "ROUTE_NOT_FOUND");
     op.stop().await;
+    assert_not_logged("e2e-secret-key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,6 +446,7 @@ async fn missing_secret_is_reported_then_resolved_without_touching_the_route() {
     let statuses = kubectl_ok(&["get", "proxyroutes", "-n", &ns.0, "-o", "yaml"], None);
     assert!(!statuses.contains("late-value"), "a secret value reached a status");
     op.stop().await;
+    assert_not_logged("late-value");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,4 +629,5 @@ async fn proxy_needs_only_a_role_on_the_two_objects() {
     .await;
     assert_eq!(up.last().headers["x-api-key"], "rbac-key");
     op.stop().await;
+    assert_not_logged("rbac-key");
 }
