@@ -178,12 +178,12 @@ fn build_route(
         let field = format!("forwardHeaders[{i}]");
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| bad(&field, format!("{:?} is not a header name", h.name)))?;
-        let raw = match &h.value {
-            HeaderValue::Literal { literal } => literal,
-            HeaderValue::Secret { secret: id } => secret(id)?,
+        let (raw, sensitive) = match &h.value {
+            HeaderValue::Literal { literal } => (literal, false),
+            HeaderValue::Secret { secret: id } => (secret(id)?, true),
         };
         // Secret values often end in a newline written by `echo` or an editor; it never belongs in a header.
-        let value = HttpHeaderValue::from_str(raw.trim_end_matches(['\r', '\n'])).map_err(|_| {
+        let mut value = HttpHeaderValue::from_str(raw.trim_end_matches(['\r', '\n'])).map_err(|_| {
             bad(
                 &field,
                 format!(
@@ -192,14 +192,7 @@ fn build_route(
                 ),
             )
         })?;
-        let value = match &h.value {
-            HeaderValue::Secret { .. } => {
-                let mut v = value;
-                v.set_sensitive(true);
-                v
-            }
-            HeaderValue::Literal { .. } => value,
-        };
+        value.set_sensitive(sensitive);
         inject.push((name, value));
     }
     let renames = route

@@ -223,12 +223,15 @@ pub fn apply(shared: &Shared, snapshot: &Snapshot, secrets: &SecretSnapshot) -> 
     Ok(config)
 }
 
-/// Loads the source once: read, load, apply.
+/// Loads the source once: read, load, apply. Returns the digest of what was applied.
 pub fn load_once(source: &Source, shared: &Shared) -> Result<([u8; 32], Arc<Config>), LoadError> {
-    let files = source.read()?;
-    let (snapshot, secrets) = source.load(&files)?;
-    let config = apply(shared, &snapshot, &secrets)?;
-    Ok((files.digest, config))
+    let mut last = None;
+    match poll_once(source, shared, &mut last) {
+        Polled::Applied(config) => Ok((last.expect("set when applied"), config)),
+        Polled::Pending => Err(LoadError::Pending),
+        Polled::Refused(e) => Err(e),
+        Polled::Unchanged => unreachable!("nothing was loaded before"),
+    }
 }
 
 /// What one look at the source found.
@@ -267,18 +270,17 @@ fn poll_once(source: &Source, shared: &Shared, last: &mut Option<[u8; 32]>) -> P
     }
 }
 
-/// Polls the source forever, applying each change that is whole and valid.
+/// Looks at the source forever (files every `interval`, the API on each watch event), applying
+/// each change that is whole and valid.
 pub async fn watch(source: Source, shared: Arc<Shared>, mut last: Option<[u8; 32]>, interval: Duration) {
     let source = Arc::new(source);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;
     loop {
+        // The API's watches say when something changed; files have to be looked at.
         match &*source {
-            Source::Kube(k) => tokio::select! {
-                () = k.changed() => {}
-                _ = ticker.tick() => {}
-            },
+            Source::Kube(k) => k.changed().await,
             _ => {
                 ticker.tick().await;
             }
