@@ -6,6 +6,7 @@
 //! manifests compiled by `keygate_crds::compile`, or the snapshot files the operator writes.
 #![forbid(unsafe_code)]
 
+pub mod apikeys;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -14,6 +15,8 @@ pub mod pipeline;
 pub mod process;
 pub mod proxy;
 pub mod router;
+pub mod seal;
 pub mod server;
 pub mod source;
+pub mod store;
 pub mod upstream;

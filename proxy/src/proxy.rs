@@ -17,6 +17,7 @@ use crate::config::{Config, LiveRoute, Target};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::pipeline::{limits, request, response};
+use crate::store::Stores;
 use crate::upstream::ClientCache;
 
 /// What every connection shares: the one live config, metrics, and upstream clients.
@@ -29,6 +30,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Upstream clients, kept across reloads.
     pub clients: ClientCache,
+    /// Session, token and rate-limit stores, kept across reloads.
+    pub stores: Stores,
 }
 
 /// Serves one request.

@@ -3,6 +3,8 @@
 //! against a real API server (in `tests/`), and home of `keygate-echo`, the example upstream.
 #![forbid(unsafe_code)]
 
+pub mod logs;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -20,6 +20,7 @@ use keygate_operator::run::{Settings, run};
 use keygate_proxy::proxy::Shared;
 use keygate_proxy::server::{ListenerLimits, serve_proxy};
 use keygate_proxy::source::{self, Source, kube::KubeSource};
+use keygate_tests::logs::{self, assert_not_logged};
 use keygate_tests::{Upstream, get};
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -55,38 +56,11 @@ fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Everything the in-process operators and proxies log, at debug level, so tests can prove no
-/// secret value is ever written there.
-static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct LogSink;
-
-impl Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Fails if `secret` appears in any log line written so far.
-fn assert_not_logged(secret: &str) {
-    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
-    assert!(logs.contains("keygate"), "no logs were captured; the capture is broken");
-    assert!(!logs.contains(secret), "a secret value reached the logs");
-}
-
 /// Installs the generated CRDs once per test run and waits until they are served.
 fn install_crds() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        tracing_subscriber::fmt()
-            .with_env_filter("keygate_operator=debug,keygate_proxy=debug,kube=info")
-            .with_writer(|| LogSink)
-            .with_ansi(false)
-            .init();
+        logs::capture();
         assert!(std::env::var_os("KUBECONFIG").is_some(), "{}", kubeconfig_hint());
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/manifests");
         let out = kubectl(&["apply", "--server-side", "-f", dir], None);
