@@ -33,6 +33,12 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabels {
+    route: RouteLabel,
+    app: RouteLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
 }
@@ -60,6 +66,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     upstream_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    app_requests: Family<AppLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     info: Family<InfoLabels, Gauge>,
     routes: Gauge,
@@ -80,6 +87,7 @@ impl Metrics {
         let upstream_seconds = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
+        let app_requests = Family::<AppLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let info = Family::<InfoLabels, Gauge>::default();
         let routes = Gauge::default();
@@ -88,6 +96,11 @@ impl Metrics {
             "upstream_duration_seconds",
             "Time from sending a request upstream to its response headers",
             upstream_seconds.clone(),
+        );
+        registry.register(
+            "app_requests",
+            "Requests admitted by an app's API key, by route and app (the key's name in its Secret)",
+            app_requests.clone(),
         );
         registry.register(
             "config_reloads",
@@ -100,6 +113,7 @@ impl Metrics {
             registry,
             requests,
             upstream_seconds,
+            app_requests,
             reloads,
             info,
             routes,
@@ -120,6 +134,16 @@ impl Metrics {
                 route: RouteLabel(route.clone()),
             })
             .observe(seconds);
+    }
+
+    /// Counts a request an app's API key admitted.
+    pub fn app_request(&self, route: &Arc<str>, app: &Arc<str>) {
+        self.app_requests
+            .get_or_create(&AppLabels {
+                route: RouteLabel(route.clone()),
+                app: RouteLabel(app.clone()),
+            })
+            .inc();
     }
 
     /// Counts a reload that was applied or refused.
