@@ -5,6 +5,7 @@
 //! A bad resource gets a report and is left out; it never blocks the others. Routes are compiled
 //! last because they depend on the other four kinds and on Secrets.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -12,6 +13,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::report::{Kind, ObjectRef, Problem, Report, reasons};
 use crate::resources::common::{SecretKeyRef, parse_duration_ms};
+use crate::resources::vault::{StaticToken, is_token_id};
 use crate::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
 use crate::snapshot::{
     Destination, HeaderValue, InjectedHeader, RenamedHeader, Route, SNAPSHOT_FORMAT, SecretId, SecretSnapshot,
@@ -106,15 +108,46 @@ pub fn compile(input: &Resources) -> Compiled {
             c.secret_key(ns, ca, "spec.caBundle", &mut p.secrets);
         }
     });
-    c.snapshot.vault_rules = c.compile_kind(&input.vault_rules, Kind::TokenVaultRule, |c, ns, spec, p| {
+    // Older rules claim their tokenize endpoint first, as routes claim prefixes.
+    let mut vault_rules: Vec<&TokenVaultRule> = input.vault_rules.iter().collect();
+    vault_rules.sort_by_key(|r| {
+        let created = r.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        (created.is_none(), created, namespace_of(*r), r.name_any())
+    });
+    let vault_rules: Vec<TokenVaultRule> = vault_rules.into_iter().cloned().collect();
+    let endpoints: RefCell<HashMap<String, String>> = RefCell::default();
+    c.snapshot.vault_rules = c.compile_kind(&vault_rules, Kind::TokenVaultRule, |c, ns, spec, p| {
         if let Some(s) = &spec.source.secret_ref {
             c.whole_secret(ns, &s.name, "spec.source.secretRef", &mut p.secrets);
+            c.static_tokens(ns, &s.name, &mut p.invalid);
         }
         if let Some(url) = &spec.source.redis_url {
             c.secret_key(ns, url, "spec.source.redisUrl", &mut p.secrets);
         }
         for (i, key) in spec.source.encryption_keys.iter().enumerate() {
             c.secret_key(ns, key, &format!("spec.source.encryptionKeys[{i}]"), &mut p.secrets);
+        }
+        if let Some(ep) = &spec.tokenize_endpoint {
+            let field = "spec.tokenizeEndpoint.keysSecretRef";
+            c.whole_secret(ns, &ep.keys_secret_ref.name, field, &mut p.secrets);
+            // Claimed last, and only by a rule that is otherwise fine, so a broken rule never
+            // keeps a path from the next one.
+            if p.invalid.is_empty() && p.secrets.is_empty() {
+                let owner = endpoints.borrow().get(&ep.path).cloned();
+                match owner {
+                    Some(owner) => p.conflicts.push(problem(
+                        "spec.tokenizeEndpoint.path",
+                        format!(
+                            "{} is already served by TokenVaultRule {owner}, which is older or first by namespace/name; choose another path",
+                            ep.path
+                        ),
+                    )),
+                    None => {
+                        let me = format!("{ns}/{}", p.name);
+                        endpoints.borrow_mut().insert(ep.path.clone(), me);
+                    }
+                }
+            }
         }
     });
     c.snapshot.session_policies =
@@ -202,6 +235,10 @@ struct Checks {
     invalid: Vec<Problem>,
     /// Secrets or keys that are missing or unusable: reason `SecretNotFound`.
     secrets: Vec<Problem>,
+    /// Name of the resource checked, for messages other resources' reports carry.
+    name: String,
+    /// Something another resource already claims: reason `Conflict`.
+    conflicts: Vec<Problem>,
 }
 
 /// The CEL rules of each kind, evaluated here exactly as the API server evaluates them.
@@ -254,9 +291,14 @@ impl Compiler<'_> {
                 self.refuse(object, item, reasons::INVALID, problems);
                 continue;
             }
-            let mut checks = Checks::default();
+            let mut checks = Checks {
+                name: object.name.clone(),
+                ..Checks::default()
+            };
             check(self, &object.namespace, item.spec(), &mut checks);
-            if !checks.invalid.is_empty() {
+            if !checks.conflicts.is_empty() {
+                self.refuse(object, item, reasons::CONFLICT, checks.conflicts);
+            } else if !checks.invalid.is_empty() {
                 checks.invalid.extend(checks.secrets);
                 self.refuse(object, item, reasons::INVALID, checks.invalid);
             } else if !checks.secrets.is_empty() {
@@ -546,6 +588,25 @@ impl Compiler<'_> {
         let id = secret_id(ns, &r.name, &r.key);
         self.pending_secrets.insert(id.clone(), value);
         Some(id)
+    }
+
+    /// Checks that every key of the (already resolved) static-token Secret is a usable token id
+    /// and every value a token; problems name the key, never the value.
+    fn static_tokens(&self, ns: &str, name: &str, problems: &mut Vec<Problem>) {
+        let prefix = secret_id(ns, name, "");
+        for (id, value) in self.pending_secrets.range(prefix.clone()..) {
+            let Some(key) = id.strip_prefix(&prefix) else { break };
+            let field = "spec.source.secretRef";
+            if !is_token_id(key) {
+                problems.push(problem(
+                    field,
+                    format!("Secret {ns}/{name} key {key:?} is not a token id: use 1 to 128 letters, digits, '.', '_' or '-'"),
+                ));
+            }
+            if let Err(e) = StaticToken::parse(value) {
+                problems.push(problem(field, format!("Secret {ns}/{name} key {key:?}: {e}")));
+            }
+        }
     }
 
     /// Resolves every key of a Secret, recording each value.

@@ -19,6 +19,7 @@ fn fixtures() -> Vec<String> {
         secret("app-keys", &[("web", "key-one")]),
         secret("redis", &[("url", "redis://:pw@redis:6379")]),
         secret("vault-key", &[("k1", "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=")]),
+        secret("tokens", &[("tok_1", r#"{"data": "4111111111111111", "classification": "pci"}"#)]),
     ]
 }
 
@@ -417,7 +418,7 @@ fn token_vault_rule_valid() {
         &[
             VAULT,
             "
-            source: {secretRef: {name: app-keys}}
+            source: {secretRef: {name: tokens}}
             permissions: [{classification: pci, locations: [body]}, {classification: bank-2}]
             maxTokensPerRequest: 1",
             "
@@ -425,6 +426,10 @@ fn token_vault_rule_valid() {
             permissions: [{classification: general}]
             maxTokensPerRequest: 100
             tokenizeResponse: {pointers: [/card/number, /iban], classification: pci, ttl: 24h}",
+            "
+            source: {store: memory, encryptionKeys: [{name: vault-key, key: k1}]}
+            permissions: [{classification: pci}]
+            tokenizeEndpoint: {path: /vault/acme.v1, header: Authorization, keysSecretRef: {name: app-keys}}",
         ],
     );
 }
@@ -433,7 +438,10 @@ fn token_vault_rule_valid() {
 fn token_vault_rule_rules() {
     const MAX: &str = "maxTokensPerRequest must be between 1 and 100";
     const KEYS: &str = "a dynamic store (memory or redis) needs encryptionKeys: values are stored encrypted";
+    const ENDPOINT_PATH: &str = "path must be a plain path like /vault/acme: segments of letters, digits, '.', '_', '~' and '-', no trailing '/'";
     let perm = "permissions: [{classification: pci}]";
+    let mem = "{store: memory, encryptionKeys: [{name: vault-key, key: k1}]}";
+    let endpoint = "{path: /vault/acme, keysSecretRef: {name: app-keys}}";
     let cases = [
         (
             format!("{{source: {{}}, {perm}, maxTokensPerRequest: 0}}"),
@@ -457,14 +465,34 @@ fn token_vault_rule_rules() {
             "store: redis needs redisUrl",
         ),
         (
-            format!("{{source: {{}}, {perm}, tokenizeResponse: {{pointers: [card/number], classification: pci}}}}"),
+            format!("{{source: {mem}, {perm}, tokenizeResponse: {{pointers: [card/number], classification: pci}}}}"),
             "spec.tokenizeResponse.pointers",
             "pointers must be JSON pointers starting with '/'",
         ),
         (
-            format!("{{source: {{}}, {perm}, tokenizeResponse: {{pointers: [/card], classification: pci, ttl: 1d}}}}"),
+            format!("{{source: {mem}, {perm}, tokenizeResponse: {{pointers: [/card], classification: pci, ttl: 1d}}}}"),
             "spec.tokenizeResponse.ttl",
             "must be a whole number followed by ms, s, m or h, e.g. 250ms, 30s, 5m",
+        ),
+        (
+            format!("{{source: {{}}, {perm}, tokenizeResponse: {{pointers: [/card], classification: pci}}}}"),
+            "spec",
+            "tokenizeResponse needs a dynamic store for the new tokens: set source.store to memory or redis",
+        ),
+        (
+            format!("{{source: {{}}, {perm}, tokenizeEndpoint: {endpoint}}}"),
+            "spec",
+            "tokenizeEndpoint needs a dynamic store for the new tokens: set source.store to memory or redis",
+        ),
+        (
+            format!("{{source: {mem}, {perm}, tokenizeEndpoint: {{path: /vault/, keysSecretRef: {{name: app-keys}}}}}}"),
+            "spec.tokenizeEndpoint.path",
+            ENDPOINT_PATH,
+        ),
+        (
+            format!("{{source: {mem}, {perm}, tokenizeEndpoint: {{path: /a/../b, keysSecretRef: {{name: app-keys}}}}}}"),
+            "spec.tokenizeEndpoint.path",
+            ENDPOINT_PATH,
         ),
     ];
     let cases: Vec<(&str, &str, &str)> = cases.iter().map(|(s, f, m)| (s.as_str(), *f, *m)).collect();

@@ -671,3 +671,77 @@ fn reports_echo_the_generation() {
     let compiled = compile_docs(&[with_generation]);
     assert_eq!(report(&compiled, Kind::ProxyRoute, "r").generation, Some(7));
 }
+
+#[test]
+fn static_tokens_are_checked_without_printing_their_data() {
+    const CARD: &str = "4111-do-not-leak";
+    let compiled = compile_docs(&[
+        secret(
+            "tokens",
+            &[
+                ("ok", r#"{"data": {"number": "4111"}, "classification": "pci", "expiresAt": "2030-01-01T00:00:00Z"}"#),
+                ("not-json", CARD),
+                ("bad-class", &format!(r#"{{"data": "{CARD}", "classification": "PCI"}}"#)),
+                ("bad id!", r#"{"data": "x", "classification": "pci"}"#),
+            ],
+        ),
+        shop(
+            "TokenVaultRule",
+            "cards",
+            "{source: {secretRef: {name: tokens}}, permissions: [{classification: pci}]}",
+        ),
+    ]);
+    assert_eq!(report(&compiled, Kind::TokenVaultRule, "cards").reason, reasons::INVALID);
+    assert_eq!(
+        problem_lines(&compiled, Kind::TokenVaultRule, "cards"),
+        [
+            "TokenVaultRule/shop/cards: spec.source.secretRef: Secret shop/tokens key \"bad id!\" is not a token id: use 1 to 128 letters, digits, '.', '_' or '-'",
+            "TokenVaultRule/shop/cards: spec.source.secretRef: Secret shop/tokens key \"bad-class\": the classification must be lower-case letters, digits and '-', e.g. pci",
+            "TokenVaultRule/shop/cards: spec.source.secretRef: Secret shop/tokens key \"not-json\": the value is not a JSON object {\"data\": ..., \"classification\": \"pci\", \"expiresAt\"?: \"RFC 3339\"} (line 1, column 4)",
+        ]
+    );
+    assert!(compiled.secrets.values.is_empty(), "a refused rule ships no tokens");
+    assert_no_secret_value_outside_the_secret_snapshot(&compiled, &[CARD]);
+}
+
+#[test]
+fn the_older_rule_keeps_a_contested_tokenize_endpoint() {
+    let rule = |path: &str| {
+        format!(
+            "
+            source: {{store: memory, encryptionKeys: [{{name: vault-key, key: k1}}]}}
+            permissions: [{{classification: pci}}]
+            tokenizeEndpoint: {{path: {path}, keysSecretRef: {{name: app-keys}}}}"
+        )
+    };
+    let docs = [
+        secret("vault-key", &[("k1", AES_KEY)]),
+        secret("app-keys", &[("web", APP_KEY)]),
+        created(shop("TokenVaultRule", "newer", &rule("/vault")), "2024-05-02T00:00:00Z"),
+        created(shop("TokenVaultRule", "older", &rule("/vault")), "2024-05-01T00:00:00Z"),
+        // Broken (its keys Secret is missing), so it claims nothing and the next rule gets the path.
+        created(
+            shop(
+                "TokenVaultRule",
+                "broken",
+                &rule("/other").replace("app-keys", "missing"),
+            ),
+            "2024-04-01T00:00:00Z",
+        ),
+        created(shop("TokenVaultRule", "other", &rule("/other")), "2024-05-03T00:00:00Z"),
+    ];
+    for docs in reorderings(&docs) {
+        let compiled = compile_docs(&docs);
+        let served: Vec<&str> = compiled.snapshot.vault_rules.keys().map(String::as_str).collect();
+        assert_eq!(served, ["shop/older", "shop/other"]);
+        assert_eq!(report(&compiled, Kind::TokenVaultRule, "newer").reason, reasons::CONFLICT);
+        assert_eq!(
+            problem_lines(&compiled, Kind::TokenVaultRule, "newer"),
+            ["TokenVaultRule/shop/newer: spec.tokenizeEndpoint.path: /vault is already served by TokenVaultRule shop/older, which is older or first by namespace/name; choose another path"]
+        );
+        assert_eq!(
+            report(&compiled, Kind::TokenVaultRule, "broken").reason,
+            reasons::SECRET_NOT_FOUND
+        );
+    }
+}

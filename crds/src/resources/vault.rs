@@ -27,6 +27,8 @@ use super::common::{SecretKeyRef, SecretRef, Status};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.tokenizeResponse) || self.source.store != 'none'").message("tokenizeResponse needs a dynamic store for the new tokens: set source.store to memory or redis"))]
+#[x_kube(validation = Rule::new("!has(self.tokenizeEndpoint) || self.source.store != 'none'").message("tokenizeEndpoint needs a dynamic store for the new tokens: set source.store to memory or redis"))]
 pub struct TokenVaultRuleSpec {
     /// Where token values are read from.
     pub source: TokenSource,
@@ -40,6 +42,10 @@ pub struct TokenVaultRuleSpec {
     /// Upstream answer fields to vault before the answer reaches the browser.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenize_response: Option<TokenizeResponse>,
+    /// An endpoint Keygate serves itself, `POST <path>/tokens`, where an app's backend stores
+    /// data as new tokens of this rule without the data passing through the browser.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenize_endpoint: Option<TokenizeEndpoint>,
 }
 
 fn default_max_tokens() -> i64 {
@@ -129,4 +135,87 @@ pub struct TokenizeResponse {
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new(super::common::DURATION_RULE).message(super::common::DURATION_MESSAGE))]
     pub ttl: Option<String>,
+}
+
+/// `POST <path>/tokens`, served by Keygate before any route: `{"data": ..., "classification":
+/// "pci", "ttl": "1h"}` (or a list of them) in, `{"id": "..."}` (or a list) out.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenizeEndpoint {
+    /// Base path, e.g. `/vault/acme`; the endpoint is `<path>/tokens`. Unique across rules.
+    #[schemars(length(min = 2, max = 1024))]
+    #[x_kube(validation = Rule::new("self.matches('^(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+$')").message("path must be a plain path like /vault/acme: segments of letters, digits, '.', '_', '~' and '-', no trailing '/'"))]
+    pub path: String,
+    /// Request header carrying the app's key. Default `x-api-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("header must be an HTTP header name"))]
+    pub header: Option<String>,
+    /// Secret whose keys are app names and whose values are that app's keys (one per line for
+    /// rotation). Keygate keeps only their SHA-256 hashes.
+    pub keys_secret_ref: SecretRef,
+}
+
+/// One static token: the value of a key of `source.secretRef`, whose key is the token id.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticToken {
+    /// The token's data: a string or any JSON value.
+    pub data: serde_json::Value,
+    /// Its classification, e.g. `pci`.
+    pub classification: String,
+    /// When it stops being valid, RFC 3339 (e.g. `2027-01-01T00:00:00Z`). Default: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<jiff::Timestamp>,
+}
+
+/// Never prints the data.
+impl std::fmt::Debug for StaticToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticToken")
+            .field("classification", &self.classification)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StaticToken {
+    /// Parses a Secret value. The error names what is wrong, never the value.
+    pub fn parse(value: &str) -> Result<StaticToken, String> {
+        let token: StaticToken = serde_json::from_str(value).map_err(|e| {
+            // serde_json's messages quote offending values only for unknown fields and enum
+            // variants; line and column are all a person needs to find the mistake.
+            format!(
+                "the value is not a JSON object {{\"data\": ..., \"classification\": \"pci\", \"expiresAt\"?: \"RFC 3339\"}} (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        })?;
+        if !is_classification(&token.classification) {
+            return Err("the classification must be lower-case letters, digits and '-', e.g. pci".into());
+        }
+        Ok(token)
+    }
+
+    /// Seconds since the Unix epoch at which the token expires.
+    pub fn expires_at_unix(&self) -> Option<i64> {
+        self.expires_at.map(|t| t.as_second())
+    }
+}
+
+/// Whether `s` is a classification name: what the `classification` CEL rule accepts.
+pub fn is_classification(s: &str) -> bool {
+    let b = s.as_bytes();
+    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&b.len())
+        && ok(&b[0])
+        && ok(&b[b.len() - 1])
+        && b.iter().all(|c| ok(c) || *c == b'-')
+}
+
+/// Whether `s` can be a token id inside a `{{ ... }}` expression: 1 to 128 letters, digits,
+/// `.`, `_` and `-` — every Kubernetes Secret key, UUIDs, and the ids Keygate generates.
+pub fn is_token_id(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
