@@ -55,6 +55,14 @@ pub enum ConfigError {
         /// Cause.
         source: ClientError,
     },
+    /// A vault rule cannot be served.
+    #[error("TokenVaultRule {rule}: {message}")]
+    Vault {
+        /// Rule id.
+        rule: String,
+        /// Field and what is wrong; never a secret value.
+        message: String,
+    },
 }
 
 /// A route ready to serve.
@@ -73,6 +81,8 @@ pub struct LiveRoute {
     pub client: UpstreamClient,
     /// Time to response headers.
     pub request_timeout: Duration,
+    /// The route's vault rules, when it references any.
+    pub vault: Option<Arc<crate::vault::RouteVault>>,
 }
 
 /// A route's destination, parsed.
@@ -96,6 +106,8 @@ pub struct Config {
     pub hash: String,
     router: Router<Arc<LiveRoute>>,
     client_keys: Vec<ClientKey>,
+    /// Vault rules and their tokenize endpoints.
+    pub vault: crate::vault::Vaults,
 }
 
 impl Config {
@@ -116,10 +128,12 @@ impl Config {
                 found: secrets.snapshot_hash.clone(),
             });
         }
+        let vault = crate::vault::Vaults::build(snapshot, secrets, stores)?;
         let mut client_keys = Vec::new();
         let mut entries = Vec::with_capacity(snapshot.routes.len());
         for route in &snapshot.routes {
-            let (key, live) = build_route(route, snapshot, secrets, clients, stores)?;
+            let (key, mut live) = build_route(route, snapshot, secrets, clients, stores)?;
+            live.vault = vault.for_route(route)?;
             if !client_keys.contains(&key) {
                 client_keys.push(key);
             }
@@ -129,6 +143,7 @@ impl Config {
             hash,
             router: Router::new(entries),
             client_keys,
+            vault,
         })
     }
 
@@ -237,6 +252,7 @@ fn build_route(
             renames,
             client,
             request_timeout: Duration::from_millis(route.request_timeout_ms),
+            vault: None,
         },
     ))
 }

@@ -47,6 +47,43 @@ pub enum ProxyError {
     /// The upstream broke the protocol or closed the connection mid-answer.
     #[error("the upstream failed while answering")]
     BadGateway,
+    /// A `{{ ... }}` expression does not follow the grammar.
+    #[error("malformed token expression in the {place}: {reason}")]
+    InvalidExpression {
+        /// Where, with the byte offset: `body at byte 12`.
+        place: String,
+        /// What was expected.
+        reason: &'static str,
+    },
+    /// More expressions than the route's vault rules allow.
+    #[error("the request carries more than {0} token expressions")]
+    TooManyTokens(usize),
+    /// An expression names a token no vault rule of the route holds.
+    #[error("no token for the expression in the {0}: it does not exist or has expired")]
+    TokenNotFound(String),
+    /// The token's classification may not be detokenized there on this route.
+    #[error("a token of classification {classification} may not be detokenized in the {place}")]
+    TokenNotPermitted {
+        /// The token's classification (never its data).
+        classification: String,
+        /// Where: `header x-card at byte 0`.
+        place: String,
+    },
+    /// The token store cannot be reached.
+    #[error("the token vault is unavailable")]
+    VaultUnavailable,
+    /// The tokenize endpoint's API key is missing or unknown.
+    #[error("the tokenize endpoint needs a valid API key in the {0} header")]
+    VaultUnauthorized(String),
+    /// The tokenize endpoint may not create tokens of this classification.
+    #[error("this classification may not be tokenized here: use one the vault rule permits")]
+    ClassificationNotAllowed,
+    /// A JSON answer whose fields must be tokenized is larger than Keygate buffers.
+    #[error("the upstream's JSON answer exceeds {0} bytes and cannot be tokenized")]
+    ResponseTooLarge(u64),
+    /// A JSON answer whose fields must be tokenized cannot be read.
+    #[error("the upstream's answer cannot be tokenized: {0}")]
+    ResponseNotTokenizable(&'static str),
 }
 
 impl ProxyError {
@@ -65,6 +102,15 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             ProxyError::UpstreamTls(_) => "UPSTREAM_TLS",
             ProxyError::BadGateway => "BAD_GATEWAY",
+            ProxyError::InvalidExpression { .. } => "INVALID_EXPRESSION",
+            ProxyError::TooManyTokens(_) => "TOO_MANY_TOKENS",
+            ProxyError::TokenNotFound(_) => "TOKEN_NOT_FOUND",
+            ProxyError::TokenNotPermitted { .. } => "TOKEN_NOT_PERMITTED",
+            ProxyError::VaultUnavailable => "VAULT_UNAVAILABLE",
+            ProxyError::VaultUnauthorized(_) => "VAULT_UNAUTHORIZED",
+            ProxyError::ClassificationNotAllowed => "CLASSIFICATION_NOT_ALLOWED",
+            ProxyError::ResponseTooLarge(_) => "RESPONSE_TOO_LARGE",
+            ProxyError::ResponseNotTokenizable(_) => "RESPONSE_NOT_TOKENIZABLE",
         }
     }
 
@@ -82,6 +128,13 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable | ProxyError::UpstreamTls(_) | ProxyError::BadGateway => {
                 StatusCode::BAD_GATEWAY
             }
+            ProxyError::InvalidExpression { .. } | ProxyError::TooManyTokens(_) | ProxyError::TokenNotFound(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::TokenNotPermitted { .. } | ProxyError::ClassificationNotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::VaultUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::VaultUnauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::ResponseTooLarge(_) | ProxyError::ResponseNotTokenizable(_) => StatusCode::BAD_GATEWAY,
         }
     }
 

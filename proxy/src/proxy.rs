@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{limits, request, response};
 use crate::store::Stores;
 use crate::upstream::ClientCache;
+use crate::vault;
 
 /// What every connection shares: the one live config, metrics, and upstream clients.
 #[derive(Default)]
@@ -42,13 +43,16 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
     let access = tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
     let config = shared.config.load_full();
-    let route = config.as_ref().and_then(|c| c.route(req.uri().path())).cloned();
-    let result = match (&config, &route) {
-        (None, _) => Err(ProxyError::NotReady),
-        (Some(_), None) => Err(ProxyError::RouteNotFound),
-        (Some(_), Some(route)) => forward(&shared, route, req, peer).await,
+    // Tokenize endpoints are Keygate's own and come before any route.
+    let endpoint = config.as_ref().and_then(|c| c.vault.endpoint(req.uri().path())).cloned();
+    let route = config.as_ref().and_then(|c| c.route(req.uri().path())).filter(|_| endpoint.is_none()).cloned();
+    let result = match (&config, &route, &endpoint) {
+        (_, _, Some(endpoint)) => endpoint.serve(&shared.metrics, req).await,
+        (None, _, _) => Err(ProxyError::NotReady),
+        (Some(_), None, _) => Err(ProxyError::RouteNotFound),
+        (Some(_), Some(route), _) => forward(&shared, route, req, peer).await,
     };
-    let route_id = route.as_ref().map(|r| &r.id);
+    let route_id = route.as_ref().map(|r| &r.id).or(endpoint.as_ref().map(|e| e.id()));
     let (resp, code) = match result {
         Ok(resp) => (resp, None),
         Err(e) => {
@@ -98,6 +102,7 @@ async fn forward(
 
     let exceeded = Arc::new(AtomicBool::new(false));
     let body = LimitedBody::new(body, route.spec.body_limit, exceeded.clone()).boxed();
+    let body = vault::detokenize(route, &mut parts, body).await?;
     let sent = Instant::now();
     let outcome = tokio::time::timeout(
         route.request_timeout,
@@ -117,7 +122,8 @@ async fn forward(
     };
     let (mut parts, body) = upstream.into_parts();
     response::rewrite_headers(route, &mut parts);
-    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+    let body = vault::tokenize(route, &mut parts, body.map_err(Into::into).boxed()).await?;
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Names the failure the way a person debugging an upstream would want it named.

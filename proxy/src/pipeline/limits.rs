@@ -19,7 +19,7 @@ pub fn check(route: &Route, parts: &Parts) -> Result<(), ProxyError> {
     }
     let has_body = declared.is_some_and(|n| n > 0) || parts.headers.contains_key(header::TRANSFER_ENCODING);
     if has_body && !route.content_types.is_empty() {
-        let media = media_type(parts);
+        let media = media_type(&parts.headers);
         if !route.content_types.contains(&media) {
             return Err(ProxyError::UnsupportedMediaType(media));
         }
@@ -39,10 +39,9 @@ fn declared_length(parts: &Parts) -> Result<Option<u64>, ProxyError> {
     }
 }
 
-/// The media type of the request (`type/subtype`, lower case, parameters dropped).
-fn media_type(parts: &Parts) -> String {
-    parts
-        .headers
+/// The media type of a message (`type/subtype`, lower case, parameters dropped).
+pub(crate) fn media_type(headers: &http::HeaderMap) -> String {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())

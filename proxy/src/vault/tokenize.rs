@@ -1,0 +1,70 @@
+//! Response tokenization: on a route whose vault rules name `tokenizeResponse` pointers, a JSON
+//! answer is buffered (at most [`MAX_RESPONSE`] bytes), each non-null value found at a pointer is
+//! stored as a new token of the rule's classification (with the rule's TTL) and replaced by the
+//! token's id, and the document is re-serialized (compact). Non-JSON answers stream through.
+//!
+//! It fails closed: an answer that claims to be JSON but cannot be read (too large, compressed,
+//! malformed) or a store that cannot take the new tokens gives the browser an error, never the
+//! untokenized answer.
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http::header;
+use http::response::Parts;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+use super::tokens::Token;
+use super::{Collected, RouteVault, collect, is_json, media_type, unavailable};
+use crate::body::Body;
+use crate::error::ProxyError;
+
+/// Largest JSON answer tokenized: 16 MiB.
+pub const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
+
+pub(super) async fn response(vault: &RouteVault, parts: &mut Parts, body: Body) -> Result<Body, ProxyError> {
+    if !is_json(&media_type(&parts.headers)) {
+        return Ok(body);
+    }
+    if parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(ProxyError::ResponseNotTokenizable("it is compressed (Content-Encoding)"));
+    }
+    let raw = match collect(body, MAX_RESPONSE).await {
+        Ok(raw) => raw,
+        Err(Collected::TooLarge(limit)) => return Err(ProxyError::ResponseTooLarge(limit)),
+        Err(Collected::Failed) => return Err(ProxyError::BadGateway),
+    };
+    if raw.is_empty() {
+        // HEAD answers and 204s: nothing to vault, and their Content-Length stays as sent.
+        return Ok(Full::new(raw).map_err(|never| match never {}).boxed());
+    }
+    let mut doc: Value =
+        serde_json::from_slice(&raw).map_err(|_| ProxyError::ResponseNotTokenizable("it is not valid JSON"))?;
+    for rule in &vault.rules {
+        let Some(spec) = &rule.tokenize else { continue };
+        for pointer in &spec.pointers {
+            let Some(slot) = doc.pointer_mut(pointer).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let token = Token {
+                data: slot.take(),
+                classification: spec.classification.clone(),
+            };
+            let id = rule
+                .create(&token, spec.ttl)
+                .await
+                .map_err(|e| unavailable(rule, e))?
+                .expect("a rule with tokenizeResponse has a dynamic store");
+            *slot = Value::String(id);
+        }
+    }
+    let out = Bytes::from(serde_json::to_vec(&doc).expect("a JSON value always serializes"));
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    // The representation changed: validators of the upstream's bytes no longer describe it.
+    parts.headers.remove(header::ETAG);
+    Ok(Full::new(out).map_err(|never| match never {}).boxed())
+}
