@@ -19,7 +19,10 @@ fn fixtures() -> Vec<String> {
         secret("app-keys", &[("web", "key-one")]),
         secret("redis", &[("url", "redis://:pw@redis:6379")]),
         secret("vault-key", &[("k1", "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=")]),
-        secret("tokens", &[("tok_1", r#"{"data": "4111111111111111", "classification": "pci"}"#)]),
+        secret(
+            "tokens",
+            &[("tok_1", r#"{"data": "4111111111111111", "classification": "pci"}"#)],
+        ),
     ]
 }
 
@@ -485,12 +488,16 @@ fn token_vault_rule_rules() {
             "tokenizeEndpoint needs a dynamic store for the new tokens: set source.store to memory or redis",
         ),
         (
-            format!("{{source: {mem}, {perm}, tokenizeEndpoint: {{path: /vault/, keysSecretRef: {{name: app-keys}}}}}}"),
+            format!(
+                "{{source: {mem}, {perm}, tokenizeEndpoint: {{path: /vault/, keysSecretRef: {{name: app-keys}}}}}}"
+            ),
             "spec.tokenizeEndpoint.path",
             ENDPOINT_PATH,
         ),
         (
-            format!("{{source: {mem}, {perm}, tokenizeEndpoint: {{path: /a/../b, keysSecretRef: {{name: app-keys}}}}}}"),
+            format!(
+                "{{source: {mem}, {perm}, tokenizeEndpoint: {{path: /a/../b, keysSecretRef: {{name: app-keys}}}}}}"
+            ),
             "spec.tokenizeEndpoint.path",
             ENDPOINT_PATH,
         ),

@@ -679,9 +679,15 @@ fn static_tokens_are_checked_without_printing_their_data() {
         secret(
             "tokens",
             &[
-                ("ok", r#"{"data": {"number": "4111"}, "classification": "pci", "expiresAt": "2030-01-01T00:00:00Z"}"#),
+                (
+                    "ok",
+                    r#"{"data": {"number": "4111"}, "classification": "pci", "expiresAt": "2030-01-01T00:00:00Z"}"#,
+                ),
                 ("not-json", CARD),
-                ("bad-class", &format!(r#"{{"data": "{CARD}", "classification": "PCI"}}"#)),
+                (
+                    "bad-class",
+                    &format!(r#"{{"data": "{CARD}", "classification": "PCI"}}"#),
+                ),
                 ("bad id!", r#"{"data": "x", "classification": "pci"}"#),
             ],
         ),
@@ -691,7 +697,10 @@ fn static_tokens_are_checked_without_printing_their_data() {
             "{source: {secretRef: {name: tokens}}, permissions: [{classification: pci}]}",
         ),
     ]);
-    assert_eq!(report(&compiled, Kind::TokenVaultRule, "cards").reason, reasons::INVALID);
+    assert_eq!(
+        report(&compiled, Kind::TokenVaultRule, "cards").reason,
+        reasons::INVALID
+    );
     assert_eq!(
         problem_lines(&compiled, Kind::TokenVaultRule, "cards"),
         [
@@ -734,10 +743,15 @@ fn the_older_rule_keeps_a_contested_tokenize_endpoint() {
         let compiled = compile_docs(&docs);
         let served: Vec<&str> = compiled.snapshot.vault_rules.keys().map(String::as_str).collect();
         assert_eq!(served, ["shop/older", "shop/other"]);
-        assert_eq!(report(&compiled, Kind::TokenVaultRule, "newer").reason, reasons::CONFLICT);
+        assert_eq!(
+            report(&compiled, Kind::TokenVaultRule, "newer").reason,
+            reasons::CONFLICT
+        );
         assert_eq!(
             problem_lines(&compiled, Kind::TokenVaultRule, "newer"),
-            ["TokenVaultRule/shop/newer: spec.tokenizeEndpoint.path: /vault is already served by TokenVaultRule shop/older, which is older or first by namespace/name; choose another path"]
+            [
+                "TokenVaultRule/shop/newer: spec.tokenizeEndpoint.path: /vault is already served by TokenVaultRule shop/older, which is older or first by namespace/name; choose another path"
+            ]
         );
         assert_eq!(
             report(&compiled, Kind::TokenVaultRule, "broken").reason,

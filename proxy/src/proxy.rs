@@ -44,8 +44,15 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
         .then(|| (req.method().clone(), req.uri().path().to_string()));
     let config = shared.config.load_full();
     // Tokenize endpoints are Keygate's own and come before any route.
-    let endpoint = config.as_ref().and_then(|c| c.vault.endpoint(req.uri().path())).cloned();
-    let route = config.as_ref().and_then(|c| c.route(req.uri().path())).filter(|_| endpoint.is_none()).cloned();
+    let endpoint = config
+        .as_ref()
+        .and_then(|c| c.vault.endpoint(req.uri().path()))
+        .cloned();
+    let route = config
+        .as_ref()
+        .and_then(|c| c.route(req.uri().path()))
+        .filter(|_| endpoint.is_none())
+        .cloned();
     let result = match (&config, &route, &endpoint) {
         (_, _, Some(endpoint)) => endpoint.serve(&shared.metrics, req).await,
         (None, _, _) => Err(ProxyError::NotReady),

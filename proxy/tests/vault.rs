@@ -171,7 +171,10 @@ async fn json_bodies_stay_valid_with_quotes_and_newlines() {
     assert_eq!(seen["whole"], TRICKY);
     assert_eq!(seen["inside"], format!("before {TRICKY} after"));
     assert_eq!(seen["name"], CARD_NAME);
-    assert_eq!(seen["card"], json!({"number": CARD_NUMBER, "cvc": "123", "name": CARD_NAME}));
+    assert_eq!(
+        seen["card"],
+        json!({"number": CARD_NUMBER, "cvc": "123", "name": CARD_NAME})
+    );
     assert_eq!(seen["number"], CARD_NUMBER, "outside a string, the JSON value as is");
     assert_eq!(seen["label"], "card 123");
 }
@@ -193,7 +196,10 @@ async fn form_and_text_bodies() {
     let text = "Number: {{ card | json: \"/number\" }}\nNote: {{tricky}}\n";
     let got = post(&proxy.url("/pay"), "text/plain", text, &[]).await;
     assert_eq!(got.status, 200);
-    assert_eq!(body_str(&upstream.last()), format!("Number: {CARD_NUMBER}\nNote: {TRICKY}\n"));
+    assert_eq!(
+        body_str(&upstream.last()),
+        format!("Number: {CARD_NUMBER}\nNote: {TRICKY}\n")
+    );
 
     // Binary bodies are not read, let alone changed.
     let got = post(&proxy.url("/pay"), "application/octet-stream", "{{ card }} {{ ", &[]).await;
@@ -244,7 +250,10 @@ async fn at_most_max_tokens_per_request() {
     let before = upstream.count();
     let got = post(&proxy.url("/pay"), "application/json", expressions(101), &[]).await;
     assert_eq!((got.status.as_u16(), got.error_code()), (400, "TOO_MANY_TOKENS".into()));
-    assert_eq!(got.json()["proxy_error"]["message"], "the request carries more than 100 token expressions");
+    assert_eq!(
+        got.json()["proxy_error"]["message"],
+        "the request carries more than 100 token expressions"
+    );
 
     // The count is per request, across locations: one in a header and two in the body is three.
     let header = format!("{{{{{BT_ID}}}}}");
@@ -325,7 +334,13 @@ async fn every_error_is_answered_before_anything_goes_upstream() {
 #[tokio::test]
 async fn routes_without_rules_pass_expressions_through() {
     let (proxy, upstream, _j) = setup(Store::Memory).await;
-    let got = post(&proxy.url("/plain"), "application/json", r#"{"a": "{{card}} {{ bad"}"#, &[("x", "{{iban}}")]).await;
+    let got = post(
+        &proxy.url("/plain"),
+        "application/json",
+        r#"{"a": "{{card}} {{ bad"}"#,
+        &[("x", "{{iban}}")],
+    )
+    .await;
     assert_eq!(got.status, 200);
     let seen = upstream.last();
     assert_eq!(body_str(&seen), r#"{"a": "{{card}} {{ bad"}"#);
@@ -417,14 +432,23 @@ async fn the_tokenize_endpoint(store: Store) {
     let key = [("x-api-key", APP_KEY)];
 
     let got = post(&url, "application/json", one.clone(), &[]).await;
-    assert_eq!((got.status.as_u16(), got.error_code()), (401, "VAULT_UNAUTHORIZED".into()));
+    assert_eq!(
+        (got.status.as_u16(), got.error_code()),
+        (401, "VAULT_UNAUTHORIZED".into())
+    );
     let got = post(&url, "application/json", one.clone(), &[("x-api-key", "wrong")]).await;
-    assert_eq!((got.status.as_u16(), got.error_code()), (401, "VAULT_UNAUTHORIZED".into()));
+    assert_eq!(
+        (got.status.as_u16(), got.error_code()),
+        (401, "VAULT_UNAUTHORIZED".into())
+    );
     let got = get(&url, &key).await;
     assert_eq!(got.error_code(), "METHOD_NOT_ALLOWED");
     let other = json!({"data": "endpoint-data-7Y", "classification": "secret-stuff"}).to_string();
     let got = post(&url, "application/json", other, &key).await;
-    assert_eq!((got.status.as_u16(), got.error_code()), (403, "CLASSIFICATION_NOT_ALLOWED".into()));
+    assert_eq!(
+        (got.status.as_u16(), got.error_code()),
+        (403, "CLASSIFICATION_NOT_ALLOWED".into())
+    );
     let got = post(&url, "application/json", "{\"data\": \"endpoint-data-7Y\"", &key).await;
     assert_eq!(got.error_code(), "BAD_REQUEST");
     assert!(!String::from_utf8_lossy(&got.body).contains("endpoint-data-7Y"));
@@ -440,7 +464,13 @@ async fn the_tokenize_endpoint(store: Store) {
     ]);
     let got = post(&url, "application/json", many.to_string(), &key).await;
     assert_eq!(got.status, 201);
-    let ids: Vec<String> = got.json().as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().into()).collect();
+    let ids: Vec<String> = got
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().into())
+        .collect();
     assert_eq!(ids.len(), 2);
 
     let sent = format!(
@@ -475,7 +505,10 @@ async fn a_store_that_is_down_answers_503_and_names_no_data() {
     let (proxy, upstream, _j) = setup(Store::Redis(redis.url())).await;
     redis.stop();
     let got = get(&proxy.url("/cards"), &[]).await;
-    assert_eq!((got.status.as_u16(), got.error_code()), (503, "VAULT_UNAVAILABLE".into()));
+    assert_eq!(
+        (got.status.as_u16(), got.error_code()),
+        (503, "VAULT_UNAVAILABLE".into())
+    );
     assert!(!String::from_utf8_lossy(&got.body).contains(ANSWER_NUMBER));
     let got = post(&proxy.url("/pay"), "text/plain", "{{ some-dynamic-id }}", &[]).await;
     assert_eq!(got.error_code(), "VAULT_UNAVAILABLE");
@@ -489,13 +522,37 @@ async fn a_store_that_is_down_answers_503_and_names_no_data() {
 async fn no_token_data_in_logs_or_metrics() {
     let (proxy, _upstream, _j) = setup(Store::Memory).await;
     let pay = proxy.url("/pay");
-    post(&pay, "application/json", format!(r#"{{"a": "{{{{{BT_ID}}}}}", "c": "{{{{card}}}}"}}"#), &[]).await;
-    post(&pay, "application/json", r#"{"i": "{{iban}}", "o": "{{old}}"}"#, &[("x-i", "{{iban}}")]).await;
+    post(
+        &pay,
+        "application/json",
+        format!(r#"{{"a": "{{{{{BT_ID}}}}}", "c": "{{{{card}}}}"}}"#),
+        &[],
+    )
+    .await;
+    post(
+        &pay,
+        "application/json",
+        r#"{"i": "{{iban}}", "o": "{{old}}"}"#,
+        &[("x-i", "{{iban}}")],
+    )
+    .await;
     get(&proxy.url("/pay?q=%7B%7Btricky%7D%7D"), &[("x-c", "{{card}}")]).await;
     get(&proxy.url("/cards"), &[]).await;
     let one = json!({"data": "endpoint-data-7Y", "classification": "pci"}).to_string();
-    post(&proxy.url("/vault/acme/tokens"), "application/json", one.clone(), &[("x-api-key", APP_KEY)]).await;
-    post(&proxy.url("/vault/acme/tokens"), "application/json", one, &[("x-api-key", "nope")]).await;
+    post(
+        &proxy.url("/vault/acme/tokens"),
+        "application/json",
+        one.clone(),
+        &[("x-api-key", APP_KEY)],
+    )
+    .await;
+    post(
+        &proxy.url("/vault/acme/tokens"),
+        "application/json",
+        one,
+        &[("x-api-key", "nope")],
+    )
+    .await;
     let metrics = proxy.shared.metrics.render();
     for data in ALL_DATA {
         logs::assert_not_logged(data);

@@ -207,15 +207,13 @@ impl StaticToken {
 pub fn is_classification(s: &str) -> bool {
     let b = s.as_bytes();
     let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    (1..=63).contains(&b.len())
-        && ok(&b[0])
-        && ok(&b[b.len() - 1])
-        && b.iter().all(|c| ok(c) || *c == b'-')
+    (1..=63).contains(&b.len()) && ok(&b[0]) && ok(&b[b.len() - 1]) && b.iter().all(|c| ok(c) || *c == b'-')
 }
 
 /// Whether `s` can be a token id inside a `{{ ... }}` expression: 1 to 128 letters, digits,
 /// `.`, `_` and `-` — every Kubernetes Secret key, UUIDs, and the ids Keygate generates.
 pub fn is_token_id(s: &str) -> bool {
     (1..=128).contains(&s.len())
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }

@@ -116,6 +116,9 @@ impl Scanner {
             let value_start = field.iter().position(|b| *b == b'=').map_or(0, |p| p + 1);
             let range = start + value_start..start + field.len();
             start += field.len() + 1;
+            if !may_hold_expression(&raw[range.clone()]) {
+                continue;
+            }
             if let Some(unit) = self.unit(part(i + 1), Bytes::from(form_decode(&raw[range.clone()])))? {
                 units.push((range, unit));
             }
@@ -166,7 +169,7 @@ pub(super) async fn request(
     };
     let mut headers = Vec::new();
     for (k, (name, value)) in parts.headers.iter().enumerate() {
-        if skip.iter().any(|(n, _)| n == name) {
+        if !expr::has_open(value.as_bytes()) || skip.iter().any(|(n, _)| n == name) {
             continue;
         }
         if let Some(unit) = scan.unit(Part::Header(name.clone()), Bytes::copy_from_slice(value.as_bytes()))? {
@@ -185,22 +188,42 @@ pub(super) async fn request(
         };
         let units = match kind {
             BodyKind::Form => scan.form(&raw, Part::BodyField)?,
-            _ => scan.unit(Part::Body, raw.clone())?.map(|u| (0..raw.len(), u)).into_iter().collect(),
+            _ => scan
+                .unit(Part::Body, raw.clone())?
+                .map(|u| (0..raw.len(), u))
+                .into_iter()
+                .collect(),
         };
         (Ok(raw), units)
     };
     if vault.tokenizes() {
         // Answers must arrive readable for their fields to be tokenized.
-        parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        parts
+            .headers
+            .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
 
-    let units = query.iter().map(|(_, u)| u).chain(headers.iter().map(|(_, u)| u)).chain(body_units.iter().map(|(_, u)| u));
+    let units = query
+        .iter()
+        .map(|(_, u)| u)
+        .chain(headers.iter().map(|(_, u)| u))
+        .chain(body_units.iter().map(|(_, u)| u));
     let values = resolve(vault, units).await?;
     let text_of = |unit: &Unit| -> Vec<u8> {
-        expr::splice(&unit.text, unit.found.iter().map(|f| (f.span.clone(), as_text(pick(&values, f)).into_owned())))
+        expr::splice(
+            &unit.text,
+            unit.found
+                .iter()
+                .map(|f| (f.span.clone(), as_text(pick(&values, f)).into_owned())),
+        )
     };
     let form_of = |raw: &[u8], units: &[(Range<usize>, Unit)]| -> Vec<u8> {
-        expr::splice(raw, units.iter().map(|(range, unit)| (range.clone(), form_encode(&text_of(unit)))))
+        expr::splice(
+            raw,
+            units
+                .iter()
+                .map(|(range, unit)| (range.clone(), form_encode(&text_of(unit)))),
+        )
     };
     if !query.is_empty() {
         let query = form_of(parts.uri.query().unwrap_or_default().as_bytes(), &query);
@@ -211,9 +234,13 @@ pub(super) async fn request(
     }
     let mut headers = headers.into_iter().peekable();
     for (k, (_, slot)) in parts.headers.iter_mut().enumerate() {
-        let Some((_, unit)) = headers.next_if(|(i, _)| *i == k) else { continue };
+        let Some((_, unit)) = headers.next_if(|(i, _)| *i == k) else {
+            continue;
+        };
         let mut v = HeaderValue::from_bytes(&text_of(&unit)).map_err(|_| {
-            ProxyError::BadRequest("a token's data cannot be put in a header: it holds line breaks or control characters")
+            ProxyError::BadRequest(
+                "a token's data cannot be put in a header: it holds line breaks or control characters",
+            )
         })?;
         v.set_sensitive(true);
         *slot = v;
@@ -228,7 +255,9 @@ pub(super) async fn request(
         (BodyKind::Json, Some((_, unit))) => Bytes::from(json_splice(unit, |f| pick(&values, f))),
         (_, Some((_, unit))) => Bytes::from(text_of(unit)),
     };
-    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
     Ok(Full::new(out).map_err(|never| match never {}).boxed())
 }
 
@@ -238,12 +267,18 @@ async fn resolve<'a>(
     vault: &RouteVault,
     units: impl Iterator<Item = &'a Unit> + Clone,
 ) -> Result<HashMap<String, Token>, ProxyError> {
-    let mut ids: Vec<&str> = units.clone().flat_map(|u| u.found.iter().map(|f| f.id.as_str())).collect();
+    let mut ids: Vec<&str> = units
+        .clone()
+        .flat_map(|u| u.found.iter().map(|f| f.id.as_str()))
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     let looked_up = try_join_all(ids.iter().map(|id| lookup(&vault.rules, id))).await?;
-    let found: HashMap<&str, (Token, &VaultRule)> =
-        ids.into_iter().zip(looked_up).filter_map(|(id, t)| Some((id, t?))).collect();
+    let found: HashMap<&str, (Token, &VaultRule)> = ids
+        .into_iter()
+        .zip(looked_up)
+        .filter_map(|(id, t)| Some((id, t?)))
+        .collect();
     for unit in units {
         for f in &unit.found {
             let place = || unit.part.at(f.span.start);
@@ -270,7 +305,9 @@ async fn resolve<'a>(
 /// The value an expression selects; [`resolve`] has checked that there is one.
 fn pick<'v>(values: &'v HashMap<String, Token>, f: &Found) -> &'v Value {
     let data = &values[&f.id].data;
-    f.pointer.as_deref().map_or(data, |p| data.pointer(p).expect("checked by resolve"))
+    f.pointer
+        .as_deref()
+        .map_or(data, |p| data.pointer(p).expect("checked by resolve"))
 }
 
 /// The token and the first of `rules` holding it.
@@ -353,6 +390,12 @@ fn json_splice<'v>(unit: &Unit, value: impl Fn(&Found) -> &'v Value) -> Vec<u8> 
     expr::splice(&unit.text, edits)
 }
 
+/// Whether a form field, still encoded, can decode to something holding `{{`: most fields are
+/// then never decoded at all.
+fn may_hold_expression(raw: &[u8]) -> bool {
+    raw.contains(&b'{') || raw.windows(3).any(|w| w.eq_ignore_ascii_case(b"%7b"))
+}
+
 /// `application/x-www-form-urlencoded` decoding of one name or value: `+` is a space, `%XX` a
 /// byte; a `%` not followed by two hex digits stays as it is.
 fn form_decode(raw: &[u8]) -> Vec<u8> {
@@ -401,7 +444,9 @@ mod tests {
 
     fn unit(text: &str) -> Unit {
         let mut scan = Scanner { max: 100, budget: 100 };
-        scan.unit(Part::Body, Bytes::copy_from_slice(text.as_bytes())).unwrap().unwrap()
+        scan.unit(Part::Body, Bytes::copy_from_slice(text.as_bytes()))
+            .unwrap()
+            .unwrap()
     }
 
     fn json(text: &str, value: Value) -> String {
@@ -411,13 +456,28 @@ mod tests {
     #[test]
     fn json_bodies_stay_valid() {
         let tricky = Value::String("a \"quoted\"\nline\\".into());
-        assert_eq!(json(r#"{"p": "{{t}}"}"#, tricky.clone()), r#"{"p": "a \"quoted\"\nline\\"}"#);
-        assert_eq!(json(r#"{"p": "card {{t}} end"}"#, tricky.clone()), r#"{"p": "card a \"quoted\"\nline\\ end"}"#);
+        assert_eq!(
+            json(r#"{"p": "{{t}}"}"#, tricky.clone()),
+            r#"{"p": "a \"quoted\"\nline\\"}"#
+        );
+        assert_eq!(
+            json(r#"{"p": "card {{t}} end"}"#, tricky.clone()),
+            r#"{"p": "card a \"quoted\"\nline\\ end"}"#
+        );
         let object = serde_json::json!({"n": "4111", "x": [1]});
-        assert_eq!(json(r#"{"p": "{{ t }}"}"#, object.clone()), r#"{"p": {"n":"4111","x":[1]}}"#);
-        assert_eq!(json(r#"{"p": "x{{ t }}"}"#, object.clone()), r#"{"p": "x{\"n\":\"4111\",\"x\":[1]}"}"#);
+        assert_eq!(
+            json(r#"{"p": "{{ t }}"}"#, object.clone()),
+            r#"{"p": {"n":"4111","x":[1]}}"#
+        );
+        assert_eq!(
+            json(r#"{"p": "x{{ t }}"}"#, object.clone()),
+            r#"{"p": "x{\"n\":\"4111\",\"x\":[1]}"}"#
+        );
         assert_eq!(json(r#"{"p": {{ t }} }"#, object), r#"{"p": {"n":"4111","x":[1]} }"#);
-        assert_eq!(json(r#"{"p": "{{ t | json: \"/n\" }}"}"#, Value::from(42)), r#"{"p": 42}"#);
+        assert_eq!(
+            json(r#"{"p": "{{ t | json: \"/n\" }}"}"#, Value::from(42)),
+            r#"{"p": 42}"#
+        );
         assert_eq!(json(r#"["\"{{t}}", "{{t}}"]"#, Value::from("v")), r#"["\"v", "v"]"#);
         assert_eq!(json(r#"{"a": "{{t}}{{t}}"}"#, Value::from("v")), r#"{"a": "vv"}"#);
     }
@@ -436,10 +496,16 @@ mod tests {
         assert_eq!(form_encode("a b&c=d/é~".as_bytes()), b"a+b%26c%3Dd%2F%C3%A9%7E");
         let mut scan = Scanner { max: 100, budget: 100 };
         let units = scan.form(b"a=1&card=%7B%7Bt%7D%7D&{{u}}", Part::QueryField).unwrap();
-        let got: Vec<_> = units.iter().map(|(r, u)| (r.clone(), format!("{:?}", u.part), u.found[0].id.clone())).collect();
+        let got: Vec<_> = units
+            .iter()
+            .map(|(r, u)| (r.clone(), format!("{:?}", u.part), u.found[0].id.clone()))
+            .collect();
         assert_eq!(
             got,
-            [(9..22, "QueryField(2)".to_string(), "t".to_string()), (23..28, "QueryField(3)".into(), "u".into())]
+            [
+                (9..22, "QueryField(2)".to_string(), "t".to_string()),
+                (23..28, "QueryField(3)".into(), "u".into())
+            ]
         );
     }
 

@@ -87,7 +87,11 @@ impl Endpoint {
         if req.method() != Method::POST {
             return Err(ProxyError::MethodNotAllowed(req.method().to_string()));
         }
-        let presented = req.headers().get(&self.header).map(HeaderValue::as_bytes).unwrap_or_default();
+        let presented = req
+            .headers()
+            .get(&self.header)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
         let Some(app) = self.keys.app(presented) else {
             return Err(ProxyError::VaultUnauthorized(self.header.to_string()));
         };
@@ -128,11 +132,19 @@ impl Endpoint {
         }
         let mut ids = Vec::with_capacity(checked.len());
         for (token, ttl) in &checked {
-            let id = self.rule.create(token, *ttl).await.map_err(|e| unavailable(&self.rule, e))?;
+            let id = self
+                .rule
+                .create(token, *ttl)
+                .await
+                .map_err(|e| unavailable(&self.rule, e))?;
             ids.push(json!({"id": id.expect("a rule with a tokenize endpoint has a dynamic store")}));
         }
         let answer = if many { Value::Array(ids) } else { ids.remove(0) };
-        let mut resp = Response::new(Full::new(Bytes::from(answer.to_string())).map_err(|never| match never {}).boxed());
+        let mut resp = Response::new(
+            Full::new(Bytes::from(answer.to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
         *resp.status_mut() = StatusCode::CREATED;
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -69,11 +69,7 @@ pub fn has_open(input: &[u8]) -> bool {
 }
 
 fn find_open(input: &[u8], from: usize) -> Option<usize> {
-    input
-        .get(from..)?
-        .windows(2)
-        .position(|w| w == b"{{")
-        .map(|p| p + from)
+    input.get(from..)?.windows(2).position(|w| w == b"{{").map(|p| p + from)
 }
 
 struct Cursor<'a> {
@@ -102,7 +98,11 @@ impl<'a> Cursor<'a> {
     }
 
     fn expect(&mut self, literal: &[u8], reason: &'static str) -> Result<(), ParseError> {
-        if self.eat(literal) { Ok(()) } else { Err(self.error(reason)) }
+        if self.eat(literal) {
+            Ok(())
+        } else {
+            Err(self.error(reason))
+        }
     }
 
     fn error(&self, reason: &'static str) -> ParseError {
@@ -113,7 +113,12 @@ impl<'a> Cursor<'a> {
     }
 
     /// Bytes while `ok` holds, at most `max`; an error if there are more.
-    fn take_while(&mut self, max: usize, too_long: &'static str, ok: impl Fn(u8) -> bool) -> Result<&'a str, ParseError> {
+    fn take_while(
+        &mut self,
+        max: usize,
+        too_long: &'static str,
+        ok: impl Fn(u8) -> bool,
+    ) -> Result<&'a str, ParseError> {
         let start = self.at;
         while self.peek().is_some_and(&ok) {
             if self.at - start == max {
@@ -215,12 +220,7 @@ mod tests {
             ("{{tok}}", 0..7, "tok", None),
             ("{{ tok }}", 0..9, "tok", None),
             ("a {{\ttok_1.x-y\t}} b", 2..17, "tok_1.x-y", None),
-            (
-                "{{ 26818785-547b-4b28-b0fa-531377e99f4e }}",
-                0..42,
-                ID,
-                None,
-            ),
+            ("{{ 26818785-547b-4b28-b0fa-531377e99f4e }}", 0..42, ID, None),
             ("{{ card | json: \"/number\" }}", 0..28, "card", Some("/number")),
             ("{{card|json:\"/a/b~1c\"}}", 0..23, "card", Some("/a/b~1c")),
             ("{{ card | json: \\\"/number\\\" }}", 0..30, "card", Some("/number")),
@@ -243,23 +243,53 @@ mod tests {
         let long_pointer = format!("{{{{a | json: \"/{}\"}}}}", "p".repeat(1024));
         let cases: &[(&str, ParseError)] = &[
             ("{{", invalid(2, "expected a token id (letters, digits, '.', '_', '-')")),
-            ("x {{ }}", invalid(5, "expected a token id (letters, digits, '.', '_', '-')")),
-            ("{{{tok}}}", invalid(2, "expected a token id (letters, digits, '.', '_', '-')")),
+            (
+                "x {{ }}",
+                invalid(5, "expected a token id (letters, digits, '.', '_', '-')"),
+            ),
+            (
+                "{{{tok}}}",
+                invalid(2, "expected a token id (letters, digits, '.', '_', '-')"),
+            ),
             ("{{tok", invalid(5, "expected '}}' or '| json: \"<pointer>\"'")),
             ("{{tok}", invalid(5, "expected '}}' or '| json: \"<pointer>\"'")),
             ("{{to k}}", invalid(5, "expected '}}' or '| json: \"<pointer>\"'")),
             ("{{tok | }}", invalid(8, "expected the filter json")),
             ("{{tok | upper }}", invalid(8, "expected the filter json")),
             ("{{tok | json \"/a\" }}", invalid(13, "expected ':' after json")),
-            ("{{tok | json: /a }}", invalid(14, "expected a quoted JSON pointer, e.g. \"/number\"")),
-            ("{{tok | json: \"a\" }}", invalid(15, "a JSON pointer is empty or starts with '/'")),
-            ("{{tok | json: \"/a }}", invalid(20, "expected the closing quote of the JSON pointer")),
-            ("{{tok | json: \\\"/a\" }}", invalid(18, "expected the closing quote of the JSON pointer")),
-            ("{{tok | json: \"/a\\n\" }}", invalid(17, "expected the closing quote of the JSON pointer")),
-            ("{{tok | json: \"/a\" ", invalid(19, "expected '}}' or '| json: \"<pointer>\"'")),
+            (
+                "{{tok | json: /a }}",
+                invalid(14, "expected a quoted JSON pointer, e.g. \"/number\""),
+            ),
+            (
+                "{{tok | json: \"a\" }}",
+                invalid(15, "a JSON pointer is empty or starts with '/'"),
+            ),
+            (
+                "{{tok | json: \"/a }}",
+                invalid(20, "expected the closing quote of the JSON pointer"),
+            ),
+            (
+                "{{tok | json: \\\"/a\" }}",
+                invalid(18, "expected the closing quote of the JSON pointer"),
+            ),
+            (
+                "{{tok | json: \"/a\\n\" }}",
+                invalid(17, "expected the closing quote of the JSON pointer"),
+            ),
+            (
+                "{{tok | json: \"/a\" ",
+                invalid(19, "expected '}}' or '| json: \"<pointer>\"'"),
+            ),
             (&long_id, invalid(130, "the token id is longer than 128 characters")),
-            (&long_pointer, invalid(1037, "the JSON pointer is longer than 1024 bytes")),
-            ("ok {{a}} then {{b", invalid(17, "expected '}}' or '| json: \"<pointer>\"'")),
+            (
+                &long_pointer,
+                invalid(1037, "the JSON pointer is longer than 1024 bytes"),
+            ),
+            (
+                "ok {{a}} then {{b",
+                invalid(17, "expected '}}' or '| json: \"<pointer>\"'"),
+            ),
         ];
         for (input, expected) in cases {
             assert_eq!(parse(input.as_bytes(), 100).unwrap_err(), *expected, "{input}");
@@ -284,7 +314,9 @@ mod tests {
         let exprs = parse(input, 10).unwrap();
         let out = splice(
             input,
-            exprs.iter().map(|e| (e.span.clone(), format!("<{}{}>", e.id, e.pointer.unwrap_or("")))),
+            exprs
+                .iter()
+                .map(|e| (e.span.clone(), format!("<{}{}>", e.id, e.pointer.unwrap_or("")))),
         );
         assert_eq!(out, b"a <x> b <y/k> c");
     }
@@ -308,8 +340,24 @@ mod tests {
     /// near-expressions and every error path.
     fn random_input(rng: &mut Rng) -> Vec<u8> {
         const PIECES: &[&[u8]] = &[
-            b"{{", b"}}", b"{", b"}", b"|", b" json", b":", b"\"", b"\\\"", b"/", b" ", b"\t", b"tok", b"a-1",
-            b"\\", b"\n", b"\xff", b"\xe5\x90\x8d",
+            b"{{",
+            b"}}",
+            b"{",
+            b"}",
+            b"|",
+            b" json",
+            b":",
+            b"\"",
+            b"\\\"",
+            b"/",
+            b" ",
+            b"\t",
+            b"tok",
+            b"a-1",
+            b"\\",
+            b"\n",
+            b"\xff",
+            b"\xe5\x90\x8d",
         ];
         let len = rng.below(40);
         let mut out = Vec::new();
@@ -341,10 +389,17 @@ mod tests {
                     }
                     // Rendering nothing removes exactly the spans.
                     let rest = splice(&input, found.iter().map(|e| (e.span.clone(), b"")));
-                    assert_eq!(rest.len(), input.len() - found.iter().map(|e| e.span.len()).sum::<usize>());
+                    assert_eq!(
+                        rest.len(),
+                        input.len() - found.iter().map(|e| e.span.len()).sum::<usize>()
+                    );
                     if found.is_empty() {
                         assert!(!has_open(&input), "seed {seed}");
-                        assert_eq!(splice(&input, Vec::<(Range<usize>, &[u8])>::new()), input, "seed {seed}");
+                        assert_eq!(
+                            splice(&input, Vec::<(Range<usize>, &[u8])>::new()),
+                            input,
+                            "seed {seed}"
+                        );
                     }
                 }
                 Err(ParseError::Invalid { offset, .. }) => {
@@ -381,9 +436,12 @@ mod tests {
                 input.extend_from_slice(text.as_bytes());
                 expected.push((id, pointer));
             }
-            let found = parse(&input, 10).unwrap_or_else(|e| panic!("seed {seed}: {e:?} in {:?}", String::from_utf8_lossy(&input)));
-            let got: Vec<(String, Option<String>)> =
-                found.iter().map(|e| (e.id.to_string(), e.pointer.map(str::to_string))).collect();
+            let found = parse(&input, 10)
+                .unwrap_or_else(|e| panic!("seed {seed}: {e:?} in {:?}", String::from_utf8_lossy(&input)));
+            let got: Vec<(String, Option<String>)> = found
+                .iter()
+                .map(|e| (e.id.to_string(), e.pointer.map(str::to_string)))
+                .collect();
             assert_eq!(got, expected, "seed {seed}");
         }
     }

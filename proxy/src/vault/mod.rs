@@ -67,7 +67,10 @@ impl Vaults {
                 let path = format!("{}/tokens", ep.path);
                 let endpoint = Endpoint::build(rule.clone(), ep, secrets).map_err(bad)?;
                 if vaults.endpoints.insert(path, Arc::new(endpoint)).is_some() {
-                    return Err(bad(format!("tokenizeEndpoint.path {} is claimed by two rules", ep.path)));
+                    return Err(bad(format!(
+                        "tokenizeEndpoint.path {} is claimed by two rules",
+                        ep.path
+                    )));
                 }
             }
             vaults.rules.insert(id.clone(), rule);

@@ -31,7 +31,9 @@ pub(super) async fn response(vault: &RouteVault, parts: &mut Parts, body: Body) 
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
-        return Err(ProxyError::ResponseNotTokenizable("it is compressed (Content-Encoding)"));
+        return Err(ProxyError::ResponseNotTokenizable(
+            "it is compressed (Content-Encoding)",
+        ));
     }
     let raw = match collect(body, MAX_RESPONSE).await {
         Ok(raw) => raw,
@@ -63,7 +65,9 @@ pub(super) async fn response(vault: &RouteVault, parts: &mut Parts, body: Body) 
         }
     }
     let out = Bytes::from(serde_json::to_vec(&doc).expect("a JSON value always serializes"));
-    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
     // The representation changed: validators of the upstream's bytes no longer describe it.
     parts.headers.remove(header::ETAG);
     Ok(Full::new(out).map_err(|never| match never {}).boxed())

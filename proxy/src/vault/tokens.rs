@@ -110,8 +110,11 @@ impl VaultRule {
         if let Some(r) = &spec.source.secret_ref {
             let prefix = secret_id(ns, &r.name, "");
             for (sid, value) in secrets.values.range(prefix.clone()..) {
-                let Some(token_id) = sid.strip_prefix(&prefix) else { break };
-                let t = StaticToken::parse(value).map_err(|e| format!("spec.source.secretRef key {token_id:?}: {e}"))?;
+                let Some(token_id) = sid.strip_prefix(&prefix) else {
+                    break;
+                };
+                let t =
+                    StaticToken::parse(value).map_err(|e| format!("spec.source.secretRef key {token_id:?}: {e}"))?;
                 let entry = StaticEntry {
                     expires_at: t.expires_at_unix(),
                     token: Token {
@@ -130,11 +133,20 @@ impl VaultRule {
                     .encryption_keys
                     .iter()
                     .enumerate()
-                    .map(|(i, k)| secret(&format!("spec.source.encryptionKeys[{i}]"), secret_id(ns, &k.name, &k.key)))
+                    .map(|(i, k)| {
+                        secret(
+                            &format!("spec.source.encryptionKeys[{i}]"),
+                            secret_id(ns, &k.name, &k.key),
+                        )
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 let sealer = Sealer::new(&keys).map_err(|e| format!("spec.source.encryptionKeys: {e}"))?;
                 let store = if kind == StoreKind::Redis {
-                    let r = spec.source.redis_url.as_ref().ok_or("spec.source: store: redis needs redisUrl")?;
+                    let r = spec
+                        .source
+                        .redis_url
+                        .as_ref()
+                        .ok_or("spec.source: store: redis needs redisUrl")?;
                     let url = secret("spec.source.redisUrl", secret_id(ns, &r.name, &r.key))?;
                     stores
                         .redis(url.trim())
@@ -182,13 +194,19 @@ impl VaultRule {
     pub fn may_create(&self, classification: &str) -> bool {
         self.dynamic.is_some()
             && (self.permissions.iter().any(|(c, _)| c == classification)
-                || self.tokenize.as_ref().is_some_and(|t| t.classification == classification))
+                || self
+                    .tokenize
+                    .as_ref()
+                    .is_some_and(|t| t.classification == classification))
     }
 
     /// The token `id`, if this rule holds it and it has not expired.
     pub async fn lookup(&self, id: &str) -> Result<Option<Token>, StoreError> {
         if let Some(entry) = self.statics.get(id) {
-            return Ok(entry.expires_at.is_none_or(|t| now_unix() < t).then(|| entry.token.clone()));
+            return Ok(entry
+                .expires_at
+                .is_none_or(|t| now_unix() < t)
+                .then(|| entry.token.clone()));
         }
         let Some(d) = &self.dynamic else { return Ok(None) };
         let Some(sealed) = d.store.get(&self.store_key(id)).await? else {
@@ -254,7 +272,6 @@ pub fn new_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory::MemoryStore;
 
     const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
@@ -284,7 +301,10 @@ mod tests {
                 "permissions": [{"classification": "pci", "locations": ["body"]}, {"classification": "general"}]}),
             &[
                 ("ns/t/card", r#"{"data": {"number": "4111"}, "classification": "pci"}"#),
-                ("ns/t/old", r#"{"data": "x", "classification": "general", "expiresAt": "2001-01-01T00:00:00Z"}"#),
+                (
+                    "ns/t/old",
+                    r#"{"data": "x", "classification": "general", "expiresAt": "2001-01-01T00:00:00Z"}"#,
+                ),
                 ("ns/tx/other", r#"{"data": "y", "classification": "general"}"#),
             ],
             &Stores::default(),
@@ -297,7 +317,10 @@ mod tests {
         assert_eq!(r.lookup("other").await.unwrap(), None, "another Secret's key");
         assert!(r.permits("pci", TokenLocation::Body));
         assert!(!r.permits("pci", TokenLocation::Headers));
-        assert!(r.permits("general", TokenLocation::Query), "locations default to all three");
+        assert!(
+            r.permits("general", TokenLocation::Query),
+            "locations default to all three"
+        );
         assert!(!r.may_create("pci"), "no dynamic store");
     }
 
@@ -315,19 +338,34 @@ mod tests {
         };
         let id = r.create(&token, None).await.unwrap().unwrap();
         assert_eq!(r.lookup(&id).await.unwrap(), Some(token));
-        let other = r.create(&Token { data: "b".into(), classification: "pci".into() }, None).await.unwrap().unwrap();
+        let other = r
+            .create(
+                &Token {
+                    data: "b".into(),
+                    classification: "pci".into(),
+                },
+                None,
+            )
+            .await
+            .unwrap()
+            .unwrap();
 
         // Swap the two sealed values: each is bound to its own id, so neither opens.
         let memory = stores.memory();
         let (ka, kb) = (r.store_key(&id), r.store_key(&other));
-        let (va, vb) = (memory.get(&ka).await.unwrap().unwrap(), memory.get(&kb).await.unwrap().unwrap());
+        let (va, vb) = (
+            memory.get(&ka).await.unwrap().unwrap(),
+            memory.get(&kb).await.unwrap().unwrap(),
+        );
         assert!(!String::from_utf8_lossy(&va).contains("4111"));
         assert!(!ka.contains(&id), "the key hides the id");
         memory.set(&ka, &vb, None).await.unwrap();
         assert_eq!(r.lookup(&id).await.unwrap(), None);
-        let _ = MemoryStore::default();
 
         let bad = rule(spec, &[("ns/k/a", "short")], &stores).unwrap_err();
-        assert!(bad.starts_with("spec.source.encryptionKeys: key 0 must be 32 random bytes"), "{bad}");
+        assert!(
+            bad.starts_with("spec.source.encryptionKeys: key 0 must be 32 random bytes"),
+            "{bad}"
+        );
     }
 }
