@@ -559,3 +559,25 @@ async fn no_token_data_in_logs_or_metrics() {
         assert!(!metrics.contains(data), "token data in metrics");
     }
 }
+
+#[tokio::test]
+async fn dynamic_tokens_survive_a_reload() {
+    let (proxy, upstream, json_upstream) = setup(Store::Memory).await;
+    let one = json!({"data": "kept-across-reloads", "classification": "general"}).to_string();
+    let got = post(
+        &proxy.url("/vault/acme/tokens"),
+        "application/json",
+        one,
+        &[("x-api-key", APP_KEY)],
+    )
+    .await;
+    let id = got.json()["id"].as_str().unwrap().to_string();
+    let old = proxy.hash();
+    let mut yaml = manifests(&upstream.url(), &json_upstream.url(), &Store::Memory);
+    yaml += &route_yaml("more", "/more", &upstream.url(), "  vaultRuleRefs: [cards]");
+    proxy.rewrite(&yaml);
+    proxy.wait_for_new_config(&old).await;
+    let got = post(&proxy.url("/more"), "text/plain", format!("{{{{{id}}}}}"), &[]).await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    assert_eq!(body_str(&upstream.last()), "kept-across-reloads");
+}

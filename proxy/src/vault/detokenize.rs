@@ -360,8 +360,11 @@ fn json_spots(unit: &Unit) -> Vec<JsonSpot> {
             (None, b'"') => string = Some((i, Vec::new())),
             (Some(_), b'\\') => i += 1,
             (Some((open, inside)), b'"') => {
+                // An object key stays a string whatever the token holds.
+                let is_key = text[i + 1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b':');
                 if let [only] = inside[..]
                     && found[only].span == (open + 1..i)
+                    && !is_key
                 {
                     spots[only] = JsonSpot::Whole(*open..i + 1);
                 }
@@ -480,6 +483,7 @@ mod tests {
         );
         assert_eq!(json(r#"["\"{{t}}", "{{t}}"]"#, Value::from("v")), r#"["\"v", "v"]"#);
         assert_eq!(json(r#"{"a": "{{t}}{{t}}"}"#, Value::from("v")), r#"{"a": "vv"}"#);
+        assert_eq!(json(r#"{"{{t}}" : "{{t}}"}"#, Value::from(7)), r#"{"7" : 7}"#);
     }
 
     #[test]
