@@ -12,10 +12,11 @@ use kube::{Resource, ResourceExt};
 
 use crate::report::{Kind, ObjectRef, Problem, Report, reasons};
 use crate::resources::common::{SecretKeyRef, parse_duration_ms};
+use crate::resources::route::{CsrfMode, HttpMethod};
 use crate::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
 use crate::snapshot::{
-    Destination, HeaderValue, InjectedHeader, RenamedHeader, Route, SNAPSHOT_FORMAT, SecretId, SecretSnapshot,
-    Snapshot, secret_id,
+    CSRF_HEADER, CorsPolicy, CsrfPolicy, Destination, HeaderValue, InjectedHeader, RenamedHeader, Route,
+    SNAPSHOT_FORMAT, SecretId, SecretSnapshot, Snapshot, secret_id,
 };
 
 /// Namespace of a resource whose manifest names none, as kubectl would apply it.
@@ -26,6 +27,17 @@ pub const DEFAULT_BODY_LIMIT: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Response-header limit when a route sets none.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// How long browsers cache a preflight when a route sets no `cors.maxAgeSeconds`.
+pub const DEFAULT_CORS_MAX_AGE: u32 = 600;
+/// Methods a CORS preflight may ask for when neither `cors.allowMethods` nor `methods` is set.
+const DEFAULT_CORS_METHODS: [HttpMethod; 6] = [
+    HttpMethod::Delete,
+    HttpMethod::Get,
+    HttpMethod::Head,
+    HttpMethod::Patch,
+    HttpMethod::Post,
+    HttpMethod::Put,
+];
 
 /// Everything `compile()` reads.
 #[derive(Clone, Default)]
@@ -98,7 +110,7 @@ pub fn compile(input: &Resources) -> Compiled {
     c.snapshot.cookie_translations =
         c.compile_kind(&input.cookie_translations, Kind::CookieTranslation, |c, ns, spec, p| {
             for (i, key) in spec.encryption_keys.iter().enumerate() {
-                c.secret_key(ns, key, &format!("spec.encryptionKeys[{i}]"), &mut p.secrets);
+                c.aes_key(ns, key, &format!("spec.encryptionKeys[{i}]"), p);
             }
         });
     c.snapshot.allowlists = c.compile_kind(&input.allowlists, Kind::ExternalAllowlist, |c, ns, spec, p| {
@@ -114,7 +126,7 @@ pub fn compile(input: &Resources) -> Compiled {
             c.secret_key(ns, url, "spec.source.redisUrl", &mut p.secrets);
         }
         for (i, key) in spec.source.encryption_keys.iter().enumerate() {
-            c.secret_key(ns, key, &format!("spec.source.encryptionKeys[{i}]"), &mut p.secrets);
+            c.aes_key(ns, key, &format!("spec.source.encryptionKeys[{i}]"), p);
         }
     });
     c.snapshot.session_policies =
@@ -437,6 +449,9 @@ impl Compiler<'_> {
         if !refs.is_empty() {
             return Err((reason, refs));
         }
+        if let Some(problems) = self.combination_problems(spec).filter(|p| !p.is_empty()) {
+            return Err((reasons::INVALID, problems));
+        }
 
         let mut missing = Vec::new();
         let mut forward_headers = Vec::new();
@@ -503,8 +518,19 @@ impl Compiler<'_> {
             cookie_passthrough: spec.cookie_passthrough,
             ca_bundle,
             upstream_protocol: spec.upstream_protocol,
-            cors: spec.cors.clone(),
-            csrf: spec.csrf.clone(),
+            cors: spec
+                .cors
+                .as_ref()
+                .map(|cors| self.cors_policy(cors, spec, ns, session_chain.as_deref())),
+            csrf: spec.csrf.as_ref().map(|csrf| CsrfPolicy {
+                mode: csrf.mode,
+                header: match csrf.mode {
+                    CsrfMode::DoubleSubmit => CSRF_HEADER.to_string(),
+                    CsrfMode::Header => csrf.header_name.as_deref().unwrap_or(CSRF_HEADER).to_ascii_lowercase(),
+                },
+                value: csrf.header_value.clone(),
+                check_origin: csrf.check_origin,
+            }),
             auth: spec.auth,
             api_key: spec.api_key.clone(),
             cookie_translation,
@@ -512,6 +538,99 @@ impl Compiler<'_> {
             vault_rules,
             rate_limit: spec.rate_limit.clone(),
         })
+    }
+
+    /// Combinations of route fields that each make sense alone but not together.
+    fn combination_problems(&self, spec: &crate::resources::ProxyRouteSpec) -> Option<Vec<Problem>> {
+        let mut problems = Vec::new();
+        if spec.cookie_passthrough && spec.cookie_translation_ref.is_some() {
+            problems.push(problem(
+                "spec.cookiePassthrough",
+                "cookiePassthrough would send the session cookie, and with it the token, to the upstream; remove cookiePassthrough or cookieTranslationRef",
+            ));
+        }
+        if spec.csrf.as_ref().is_some_and(|c| c.mode == CsrfMode::DoubleSubmit) && spec.cookie_translation_ref.is_none()
+        {
+            problems.push(problem(
+                "spec.csrf.mode",
+                "doubleSubmit compares against the CSRF cookie a CookieTranslation sets at session start; set cookieTranslationRef or use mode: header",
+            ));
+        }
+        Some(problems)
+    }
+
+    /// The route's CORS rules with every header Keygate reads or adds on this route, so nobody has
+    /// to remember to allow them.
+    fn cors_policy(
+        &self,
+        cors: &crate::resources::route::Cors,
+        spec: &crate::resources::ProxyRouteSpec,
+        ns: &str,
+        session_chain: Option<&str>,
+    ) -> CorsPolicy {
+        let lower = |names: &mut dyn Iterator<Item = &str>| {
+            let mut v: Vec<String> = names.map(str::to_ascii_lowercase).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let mut allow: Vec<&str> = cors.allow_headers.iter().map(String::as_str).collect();
+        allow.push("content-type");
+        if let Some(csrf) = &spec.csrf {
+            allow.push(match csrf.mode {
+                CsrfMode::DoubleSubmit => CSRF_HEADER,
+                CsrfMode::Header => csrf.header_name.as_deref().unwrap_or(CSRF_HEADER),
+            });
+        }
+        if spec.auth == crate::resources::route::AuthMode::ApiKey {
+            allow.push(
+                spec.api_key
+                    .as_ref()
+                    .and_then(|k| k.header.as_deref())
+                    .unwrap_or("x-api-key"),
+            );
+        }
+        if let Some(policy) = session_chain.and_then(|id| self.snapshot.session_policies.get(id)) {
+            allow.extend([
+                &*policy.headers.api_key,
+                &*policy.headers.session_id,
+                &*policy.headers.request_id,
+            ]);
+        }
+        if let Some(list) = spec
+            .allowlist_ref
+            .as_ref()
+            .and_then(|name| self.snapshot.allowlists.get(&format!("{ns}/{name}")))
+        {
+            allow.push(&list.target_url_header);
+        }
+        let mut expose: Vec<&str> = cors.expose_headers.iter().map(String::as_str).collect();
+        expose.extend(
+            spec.expose_headers
+                .iter()
+                .map(|h| h.rename.as_deref().unwrap_or(&h.name)),
+        );
+        if session_chain.is_some() {
+            expose.push("x-keygate-chain");
+        }
+        let methods: Vec<HttpMethod> = match (cors.allow_methods.is_empty(), spec.methods.is_empty()) {
+            (false, _) => cors.allow_methods.clone(),
+            (true, false) => spec.methods.clone(),
+            (true, true) => DEFAULT_CORS_METHODS.to_vec(),
+        };
+        CorsPolicy {
+            allow_origins: lower(&mut cors.allow_origins.iter().map(String::as_str)),
+            allow_methods: {
+                let mut m: Vec<String> = methods.iter().map(|m| m.as_str().to_string()).collect();
+                m.sort();
+                m.dedup();
+                m
+            },
+            allow_headers: lower(&mut allow.into_iter()),
+            expose_headers: lower(&mut expose.into_iter()),
+            allow_credentials: cors.allow_credentials,
+            max_age_seconds: cors.max_age_seconds.map_or(DEFAULT_CORS_MAX_AGE, |s| s as u32),
+        }
     }
 
     /// Resolves one Secret key, records its value for the secret snapshot, and returns its id.
@@ -546,6 +665,27 @@ impl Compiler<'_> {
         let id = secret_id(ns, &r.name, &r.key);
         self.pending_secrets.insert(id.clone(), value);
         Some(id)
+    }
+
+    /// Resolves a Secret key that must hold an AES-256 key: 32 bytes, base64.
+    fn aes_key(&mut self, ns: &str, r: &SecretKeyRef, field: &str, p: &mut Checks) {
+        let Some(id) = self.secret_key(ns, r, field, &mut p.secrets) else {
+            return;
+        };
+        use base64::Engine;
+        let value = self.pending_secrets[&id].trim();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value.trim_end_matches('=')));
+        if decoded.map_or(true, |k| k.len() != 32) {
+            p.invalid.push(problem(
+                field,
+                format!(
+                    "Secret {ns}/{} key {:?} must hold 32 random bytes, base64-encoded; create one with `openssl rand -base64 32`",
+                    r.name, r.key
+                ),
+            ));
+        }
     }
 
     /// Resolves every key of a Secret, recording each value.

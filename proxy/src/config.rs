@@ -11,6 +11,9 @@ use http::uri::{Authority, Scheme};
 use keygate_crds::snapshot::{Destination, HeaderValue, Route, SNAPSHOT_FORMAT};
 use keygate_crds::{SecretSnapshot, Snapshot};
 
+use crate::apikeys::ApiKeys;
+use crate::pipeline::cookie::CookieTranslation;
+use crate::pipeline::cors::Cors;
 use crate::router::Router;
 use crate::store::Stores;
 use crate::upstream::{ClientCache, ClientError, ClientKey, UpstreamClient};
@@ -73,6 +76,12 @@ pub struct LiveRoute {
     pub client: UpstreamClient,
     /// Time to response headers.
     pub request_timeout: Duration,
+    /// CORS rules.
+    pub cors: Option<Cors>,
+    /// The cookie translation the route uses.
+    pub cookie: Option<CookieTranslation>,
+    /// For `auth: apiKey`: the header carrying the key, and the keys.
+    pub api_keys: Option<(HeaderName, ApiKeys)>,
 }
 
 /// A route's destination, parsed.
@@ -148,8 +157,6 @@ impl Config {
     }
 }
 
-// TODO(stages): drop once the CORS/auth/chain/vault stages read `snapshot` and `stores`.
-#[allow(unused_variables)]
 fn build_route(
     route: &Route,
     snapshot: &Snapshot,
@@ -216,6 +223,34 @@ fn build_route(
             Ok((from, to))
         })
         .collect::<Result<_, ConfigError>>()?;
+    let cors = route
+        .cors
+        .as_ref()
+        .map(Cors::new)
+        .transpose()
+        .map_err(|m| bad("cors", m))?;
+    let cookie = match &route.cookie_translation {
+        None => None,
+        Some(id) => {
+            let spec = snapshot
+                .cookie_translations
+                .get(id)
+                .ok_or_else(|| bad("cookieTranslation", format!("{id} is not in the snapshot")))?;
+            let built = CookieTranslation::build(id, spec, snapshot, secrets, stores)
+                .map_err(|(field, message)| bad(&format!("CookieTranslation {id}: {field}"), message))?;
+            Some(built)
+        }
+    };
+    let api_keys = match &route.api_key {
+        None => None,
+        Some(auth) => {
+            let name = auth.header.as_deref().unwrap_or("x-api-key");
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| bad("apiKey.header", format!("{name:?} is not a header name")))?;
+            let ns = route.id.split('/').next().unwrap_or_default();
+            Some((header, ApiKeys::from_secret(secrets, ns, &auth.keys_secret_ref.name)))
+        }
+    };
     let ca = route.ca_bundle.as_ref().map(secret).transpose()?;
     let (key, client) = clients
         .get(
@@ -237,6 +272,9 @@ fn build_route(
             renames,
             client,
             request_timeout: Duration::from_millis(route.request_timeout_ms),
+            cors,
+            cookie,
+            api_keys,
         },
     ))
 }

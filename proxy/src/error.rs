@@ -2,11 +2,9 @@
 //! [`ProxyError::into_response`] turns it into `{"proxy_error": {"code", "message", "route"}}`
 //! with the fitting status. Messages are fixed sentences or carry only non-secret facts.
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
 
-use crate::body::Body;
+use crate::body::{Body, full};
 
 /// Why the proxy answered instead of the upstream.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -47,6 +45,38 @@ pub enum ProxyError {
     /// The upstream broke the protocol or closed the connection mid-answer.
     #[error("the upstream failed while answering")]
     BadGateway,
+    /// A CORS preflight asked for something the route does not allow.
+    #[error("CORS preflight refused: {0}")]
+    CorsRejected(&'static str),
+    /// The route needs the session cookie and the request has none.
+    #[error("this route needs a session; sign in first")]
+    SessionRequired,
+    /// The session cookie was altered, or was sealed under a key no longer configured.
+    #[error("the session cookie is not valid; sign in again")]
+    SessionInvalid,
+    /// The session the cookie names is no longer held by the proxy.
+    #[error("the session has expired; sign in again")]
+    SessionExpired,
+    /// The login answer could not become a session cookie.
+    #[error("session start failed: {0}")]
+    SessionStartFailed(String),
+    /// No API key, or one that belongs to no app.
+    #[error("the API key is missing or not valid")]
+    InvalidApiKey,
+    /// A CSRF check failed.
+    #[error("CSRF check failed: {0}")]
+    CsrfFailed(&'static str),
+    /// The store holding sessions or tokens cannot be reached.
+    #[error("the session store is unavailable; try again shortly")]
+    StoreUnavailable,
+}
+
+/// A store failure reaches the client as 503; the cause is logged by the stage, with no key.
+impl From<crate::store::StoreError> for ProxyError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::warn!(error = %e, "store operation failed");
+        ProxyError::StoreUnavailable
+    }
 }
 
 impl ProxyError {
@@ -65,6 +95,14 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             ProxyError::UpstreamTls(_) => "UPSTREAM_TLS",
             ProxyError::BadGateway => "BAD_GATEWAY",
+            ProxyError::CorsRejected(_) => "CORS_REJECTED",
+            ProxyError::SessionRequired => "SESSION_REQUIRED",
+            ProxyError::SessionInvalid => "SESSION_INVALID",
+            ProxyError::SessionExpired => "SESSION_EXPIRED",
+            ProxyError::SessionStartFailed(_) => "SESSION_START_FAILED",
+            ProxyError::InvalidApiKey => "INVALID_API_KEY",
+            ProxyError::CsrfFailed(_) => "CSRF_FAILED",
+            ProxyError::StoreUnavailable => "SESSION_STORE_UNAVAILABLE",
         }
     }
 
@@ -79,9 +117,16 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamUnavailable | ProxyError::UpstreamTls(_) | ProxyError::BadGateway => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamUnavailable
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::BadGateway
+            | ProxyError::SessionStartFailed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::CorsRejected(_) | ProxyError::CsrfFailed(_) => StatusCode::FORBIDDEN,
+            ProxyError::SessionRequired
+            | ProxyError::SessionInvalid
+            | ProxyError::SessionExpired
+            | ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ProxyError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -94,11 +139,7 @@ impl ProxyError {
                 "route": route,
             }
         });
-        let mut resp = Response::new(
-            Full::new(Bytes::from(body.to_string()))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
+        let mut resp = Response::new(full(body.to_string()));
         *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -114,6 +155,7 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     #[tokio::test]
     async fn error_body_is_the_proxy_error_shape() {

@@ -16,7 +16,9 @@ use crate::body::{Body, LimitedBody};
 use crate::config::{Config, LiveRoute, Target};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::pipeline::{limits, request, response};
+use crate::pipeline::cookie::Step;
+use crate::pipeline::cors::Cors;
+use crate::pipeline::{auth, csrf, limits, request, response};
 use crate::store::Stores;
 use crate::upstream::ClientCache;
 
@@ -43,19 +45,28 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
         .then(|| (req.method().clone(), req.uri().path().to_string()));
     let config = shared.config.load_full();
     let route = config.as_ref().and_then(|c| c.route(req.uri().path())).cloned();
+    // CORS headers go on every answer of a CORS route, Keygate's own errors included, so the
+    // page can read them; the Origin is kept before the request is consumed.
+    let cors_origin = route
+        .as_ref()
+        .filter(|r| r.cors.is_some() && !Cors::is_preflight_request(&req))
+        .map(|_| req.headers().get(http::header::ORIGIN).cloned());
     let result = match (&config, &route) {
         (None, _) => Err(ProxyError::NotReady),
         (Some(_), None) => Err(ProxyError::RouteNotFound),
         (Some(_), Some(route)) => forward(&shared, route, req, peer).await,
     };
     let route_id = route.as_ref().map(|r| &r.id);
-    let (resp, code) = match result {
+    let (mut resp, code) = match result {
         Ok(resp) => (resp, None),
         Err(e) => {
             let code = e.code();
             (e.into_response(route_id.map(|id| &**id)), Some(code))
         }
     };
+    if let (Some(cors), Some(origin)) = (route.as_ref().and_then(|r| r.cors.as_ref()), cors_origin) {
+        cors.decorate(origin.as_ref(), resp.headers_mut());
+    }
     let status = resp.status().as_u16();
     shared.metrics.request(route_id, status);
     if let Some((method, path)) = access {
@@ -79,7 +90,18 @@ async fn forward(
     peer: SocketAddr,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
+    if let Some(cors) = &route.cors
+        && Cors::is_preflight(&parts)
+    {
+        return cors.preflight(&parts);
+    }
     limits::check(&route.spec, &parts)?;
+    let step = route.cookie.as_ref().map_or(Step::Translate, |c| c.step(&parts));
+    let caller = auth::authenticate(route, &mut parts, step, &shared.metrics).await?;
+    csrf::check(route, &parts, step)?;
+    if let (Step::Logout, Some(cookie)) = (step, &route.cookie) {
+        return cookie.logout(&parts.headers).await;
+    }
     let Target::Fixed {
         scheme,
         authority,
@@ -92,6 +114,16 @@ async fn forward(
     };
     // Headers first: an HTTP/2 client's host is the request URI's authority, about to be replaced.
     request::rewrite_headers(route, &mut parts, peer);
+    if let Some((name, value)) = caller.upstream_auth {
+        parts.headers.insert(name, value);
+    }
+    if step == Step::SessionStart {
+        // The login answer is parsed here, so it must arrive uncompressed.
+        parts.headers.insert(
+            http::header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+    }
     parts.uri = request::upstream_uri(route, scheme, authority, base_path, &parts.uri)?;
     // The client connection picks HTTP/1.1 or HTTP/2 for the upstream hop itself.
     parts.version = Version::HTTP_11;
@@ -117,7 +149,11 @@ async fn forward(
     };
     let (mut parts, body) = upstream.into_parts();
     response::rewrite_headers(route, &mut parts);
-    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+    let resp = Response::from_parts(parts, body.map_err(Into::into).boxed());
+    match (step, &route.cookie) {
+        (Step::SessionStart, Some(cookie)) => cookie.start(resp, route.spec.body_limit).await,
+        _ => Ok(resp),
+    }
 }
 
 /// Names the failure the way a person debugging an upstream would want it named.
