@@ -135,7 +135,7 @@ pub fn compile(input: &Resources) -> Compiled {
                 p.invalid
                     .push(problem("spec.ttl", "must be a positive duration such as 30m"));
             }
-            c.whole_secret(
+            c.api_keys_secret(
                 ns,
                 &spec.api_keys_secret_ref.name,
                 "spec.apiKeysSecretRef",
@@ -485,7 +485,7 @@ impl Compiler<'_> {
             .and_then(|t| t.ca_bundle.as_ref())
             .and_then(|r| self.secret_key(ns, r, "spec.tls.caBundle", &mut missing));
         if let Some(api_key) = &spec.api_key {
-            self.whole_secret(
+            self.api_keys_secret(
                 ns,
                 &api_key.keys_secret_ref.name,
                 "spec.apiKey.keysSecretRef",
@@ -684,6 +684,25 @@ impl Compiler<'_> {
                     "Secret {ns}/{} key {:?} must hold 32 random bytes, base64-encoded; create one with `openssl rand -base64 32`",
                     r.name, r.key
                 ),
+            ));
+        }
+    }
+
+    /// Resolves a Secret of per-app API keys, which must hold at least one key: a route or policy
+    /// whose Secret is empty would refuse every caller, which is never what was meant.
+    fn api_keys_secret(&mut self, ns: &str, name: &str, field: &str, problems: &mut Vec<Problem>) {
+        let before = problems.len();
+        self.whole_secret(ns, name, field, problems);
+        let prefix = format!("{ns}/{name}/");
+        let has_key = self
+            .pending_secrets
+            .range(prefix.clone()..)
+            .take_while(|(id, _)| id.starts_with(&prefix))
+            .any(|(_, v)| v.lines().any(|l| !l.trim().is_empty()));
+        if problems.len() == before && !has_key {
+            problems.push(problem(
+                field,
+                format!("Secret {ns}/{name} holds no API key; add one key per app (the key's name is the app's name, its value the app's keys, one per line)"),
             ));
         }
     }

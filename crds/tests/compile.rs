@@ -763,3 +763,25 @@ fn a_cookie_key_that_is_not_32_bytes_is_named_not_shown() {
         "a refused resource ships no secret values"
     );
 }
+
+#[test]
+fn an_api_key_secret_without_keys_is_refused() {
+    let docs = vec![
+        secret("app-keys", &[("web", "\n")]),
+        route(
+            "t",
+            "
+            upstream: https://a.example
+            auth: apiKey
+            apiKey: {keysSecretRef: {name: app-keys}}",
+        ),
+    ];
+    let compiled = compile_docs(&docs);
+    assert_eq!(report(&compiled, Kind::ProxyRoute, "t").reason, "SecretNotFound");
+    assert_eq!(
+        problem_lines(&compiled, Kind::ProxyRoute, "t"),
+        [
+            "ProxyRoute/shop/t: spec.apiKey.keysSecretRef: Secret shop/app-keys holds no API key; add one key per app (the key's name is the app's name, its value the app's keys, one per line)"
+        ]
+    );
+}
