@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod logs;
+pub mod redis;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -9,10 +9,12 @@
 //! never logs anybody out.
 
 pub mod memory;
+pub mod redis;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -74,11 +76,34 @@ pub fn key(kind: &str, resource: &str, secret: &[u8]) -> String {
 #[derive(Default)]
 pub struct Stores {
     memory: Arc<memory::MemoryStore>,
+    /// By URL. Never shrinks: URLs change rarely, and an idle connection costs little.
+    redis: Mutex<HashMap<String, Arc<redis::RedisStore>>>,
 }
 
 impl Stores {
     /// The process's memory store.
     pub fn memory(&self) -> Arc<dyn Store> {
         self.memory.clone()
+    }
+
+    /// The store for Redis at `url`, one per distinct URL, so every policy and reload naming the
+    /// same Redis shares one connection. Never blocks: the first operation connects.
+    pub fn redis(&self, url: &str) -> Result<Arc<dyn Store>, redis::RedisUrlError> {
+        let mut stores = self.redis.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(store) = stores.get(url) {
+            return Ok(store.clone());
+        }
+        let store = Arc::new(redis::RedisStore::open(url, None)?);
+        stores.insert(url.to_string(), store.clone());
+        Ok(store)
+    }
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redis = self.redis.lock().unwrap_or_else(|p| p.into_inner());
+        f.debug_struct("Stores")
+            .field("redis", &redis.values().map(|s| s.endpoint()).collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
