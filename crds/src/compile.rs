@@ -112,6 +112,9 @@ pub fn compile(input: &Resources) -> Compiled {
             for (i, key) in spec.encryption_keys.iter().enumerate() {
                 c.aes_key(ns, key, &format!("spec.encryptionKeys[{i}]"), p);
             }
+            if let Some(url) = &spec.redis_url {
+                c.secret_key(ns, url, "spec.redisUrl", &mut p.secrets);
+            }
         });
     c.snapshot.allowlists = c.compile_kind(&input.allowlists, Kind::ExternalAllowlist, |c, ns, spec, p| {
         if let Some(ca) = &spec.ca_bundle {

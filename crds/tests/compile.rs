@@ -139,6 +139,7 @@ fn full_setup_compiles_to_this_exact_snapshot() {
                     },
                     "storage": "auto",
                     "encryptionKeys": [{"name": "cookie-key", "key": "k1"}],
+                    "store": "memory",
                 },
             },
             "allowlists": {

@@ -12,6 +12,7 @@ use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use keygate_tests::logs;
+use keygate_tests::redis::{RedisOptions, RedisServer};
 
 const TOKEN: &str = "eyJhbGciOi.session-token-7Q2x";
 const KEY_A: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -495,4 +496,54 @@ async fn api_key_auth() {
     assert!(!metrics.contains(APP_KEY));
     logs::assert_not_logged(APP_KEY);
     logs::assert_not_logged("blog-key-2");
+}
+
+#[tokio::test]
+async fn server_side_tokens_on_redis_are_shared_by_replicas_and_sealed() {
+    logs::capture();
+    let server = RedisServer::start_with(RedisOptions {
+        password: Some("redis-pw-cookie-test".into()),
+        tls: None,
+    });
+    let up = api(TOKEN.into()).await;
+    let store = "  storage: server\n  store: redis\n  redisUrl: {name: cookie-keys, key: redis}\n  encryptionKeys: [{name: cookie-keys, key: a}]";
+    let yaml = keys_secret(&[("a", KEY_A), ("redis", &server.url())]) + &bff(&up.url(), "", store, "  auth: cookie");
+    let (a, b) = (Proxy::start(&yaml).await, Proxy::start(&yaml).await);
+
+    let pair = cookie_pair(&post(&a.url("/api/session/start"), &[], "pw").await, "sid");
+    let got = get(&b.url("/api/x"), &[("cookie", &pair)]).await;
+    assert_eq!(
+        got.status,
+        StatusCode::OK,
+        "a handle set by one replica is honoured by another"
+    );
+    assert_eq!(up.last().headers["authorization"], format!("Bearer {TOKEN}"));
+
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let handle = &pair["sid=".len()..];
+    assert!(
+        !keys[0].contains(handle),
+        "keys hold a hash of the handle, not the handle"
+    );
+    let stored: Vec<u8> = ::redis::cmd("GET").arg(&keys[0]).query_async(&mut conn).await.unwrap();
+    assert!(
+        !String::from_utf8_lossy(&stored).contains(TOKEN),
+        "the store holds ciphertext only"
+    );
+
+    assert_eq!(
+        post(&b.url("/api/session/logout"), &[("cookie", &pair)], "")
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        get(&a.url("/api/x"), &[("cookie", &pair)]).await.error_code(),
+        "SESSION_EXPIRED"
+    );
+    logs::assert_not_logged("redis-pw-cookie-test");
+    logs::assert_not_logged(TOKEN);
 }

@@ -23,6 +23,7 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use keygate_crds::resources::cookie::{CookieTranslationSpec, SameSite, TokenStorage};
 use keygate_crds::resources::route::CsrfMode;
+use keygate_crds::resources::vault::StoreKind;
 use keygate_crds::snapshot::secret_id;
 use keygate_crds::{SecretSnapshot, Snapshot};
 use serde_json::Value;
@@ -127,6 +128,20 @@ impl CookieTranslation {
             .then(|| Sealer::new(&keys))
             .transpose()
             .map_err(|e| ("spec.encryptionKeys".to_string(), e.to_string()))?;
+        let store = match (spec.store, &spec.redis_url) {
+            (StoreKind::Redis, Some(url)) => {
+                let url = secrets.values.get(&secret_id(ns, &url.name, &url.key)).ok_or_else(|| {
+                    (
+                        "spec.redisUrl".to_string(),
+                        "is missing from the secret snapshot".to_string(),
+                    )
+                })?;
+                stores
+                    .redis(url.trim())
+                    .map_err(|e| ("spec.redisUrl".to_string(), e.to_string()))?
+            }
+            _ => stores.memory(),
+        };
         Ok(CookieTranslation {
             id: id.to_string(),
             cookie,
@@ -142,7 +157,7 @@ impl CookieTranslation {
             logout_path: spec.logout.as_ref().map(|l| l.path.clone()),
             storage: spec.storage,
             sealer,
-            store: stores.memory(),
+            store,
             server_ttl: c
                 .max_age_seconds
                 .map_or(SERVER_TOKEN_TTL, |s| Duration::from_secs(s.max(1) as u64)),
