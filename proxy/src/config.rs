@@ -11,6 +11,7 @@ use http::uri::{Authority, Scheme};
 use keygate_crds::snapshot::{Destination, HeaderValue, Route, SNAPSHOT_FORMAT};
 use keygate_crds::{SecretSnapshot, Snapshot};
 
+use crate::external::{self, Allowlist};
 use crate::router::Router;
 use crate::store::Stores;
 use crate::upstream::{ClientCache, ClientError, ClientKey, UpstreamClient};
@@ -73,6 +74,9 @@ pub struct LiveRoute {
     pub client: UpstreamClient,
     /// Time to response headers.
     pub request_timeout: Duration,
+    /// Every header that names a destination in this config: read by allowlist routes,
+    /// refused by fixed ones, never forwarded.
+    pub destination_headers: Arc<[HeaderName]>,
 }
 
 /// A route's destination, parsed.
@@ -87,7 +91,7 @@ pub enum Target {
         base_path: String,
     },
     /// Chosen per request from an allowlist.
-    Allowlist,
+    Allowlist(Arc<Allowlist>),
 }
 
 /// One generation of live configuration.
@@ -181,7 +185,9 @@ fn build_route(
                 base_path,
             }
         }
-        Destination::Allowlist { .. } => Target::Allowlist,
+        Destination::Allowlist { allowlist } => {
+            Target::Allowlist(Arc::new(Allowlist::build(allowlist, snapshot).map_err(|m| bad("allowlistRef", m))?))
+        }
     };
     let mut inject = Vec::with_capacity(route.forward_headers.len());
     for (i, h) in route.forward_headers.iter().enumerate() {
@@ -216,14 +222,18 @@ fn build_route(
             Ok((from, to))
         })
         .collect::<Result<_, ConfigError>>()?;
-    let ca = route.ca_bundle.as_ref().map(secret).transpose()?;
-    let (key, client) = clients
-        .get(
-            ca.map(String::as_str),
-            route.upstream_protocol,
-            Duration::from_millis(route.connect_timeout_ms),
-        )
-        .map_err(|source| ConfigError::Client {
+    let connect_timeout = Duration::from_millis(route.connect_timeout_ms);
+    let (key, client) = match &target {
+        Target::Fixed { .. } => {
+            let ca = route.ca_bundle.as_ref().map(secret).transpose()?;
+            clients.get(ca.map(String::as_str), route.upstream_protocol, connect_timeout)
+        }
+        Target::Allowlist(list) => {
+            let ca = list.ca_bundle.as_ref().or(route.ca_bundle.as_ref()).map(secret).transpose()?;
+            clients.get_external(ca.map(String::as_str), route.upstream_protocol, connect_timeout, list)
+        }
+    }
+    .map_err(|source| ConfigError::Client {
             route: route.id.clone(),
             source,
         })?;
@@ -237,6 +247,7 @@ fn build_route(
             renames,
             client,
             request_timeout: Duration::from_millis(route.request_timeout_ms),
+            destination_headers: external::destination_headers(snapshot),
         },
     ))
 }

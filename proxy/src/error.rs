@@ -47,6 +47,21 @@ pub enum ProxyError {
     /// The upstream broke the protocol or closed the connection mid-answer.
     #[error("the upstream failed while answering")]
     BadGateway,
+    /// The route takes its destination from a header the request did not send.
+    #[error("this route needs the destination base URL in the {0} header, e.g. {0}: https://api.example.com/v1")]
+    DestinationMissing(String),
+    /// The named destination is not a URL Keygate accepts.
+    #[error("the destination URL is invalid: {0}")]
+    DestinationInvalid(&'static str),
+    /// The named destination is well-formed, but the route's allowlist does not admit it.
+    #[error("the destination is not allowed: {0}")]
+    DestinationNotAllowed(String),
+    /// The destination's host resolves to an address the allowlist does not allow.
+    #[error("the destination host {0} resolves to a private, loopback or otherwise refused address")]
+    DestinationResolvesPrivate(String),
+    /// The route has a fixed upstream, yet the request names a destination.
+    #[error("this route's destination is fixed; remove the {0} header")]
+    DestinationFixed(String),
 }
 
 impl ProxyError {
@@ -65,6 +80,11 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             ProxyError::UpstreamTls(_) => "UPSTREAM_TLS",
             ProxyError::BadGateway => "BAD_GATEWAY",
+            ProxyError::DestinationMissing(_) => "DESTINATION_MISSING",
+            ProxyError::DestinationInvalid(_) => "DESTINATION_INVALID",
+            ProxyError::DestinationNotAllowed(_) => "DESTINATION_NOT_ALLOWED",
+            ProxyError::DestinationResolvesPrivate(_) => "DESTINATION_RESOLVES_PRIVATE",
+            ProxyError::DestinationFixed(_) => "DESTINATION_FIXED",
         }
     }
 
@@ -82,6 +102,10 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable | ProxyError::UpstreamTls(_) | ProxyError::BadGateway => {
                 StatusCode::BAD_GATEWAY
             }
+            ProxyError::DestinationMissing(_) | ProxyError::DestinationInvalid(_) | ProxyError::DestinationFixed(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::DestinationNotAllowed(_) | ProxyError::DestinationResolvesPrivate(_) => StatusCode::FORBIDDEN,
         }
     }
 
