@@ -21,9 +21,7 @@ impl Cidr {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 u128::from(u32::from(ip)) & mask(self.prefix, 32) == u128::from(u32::from(net))
             }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                u128::from(ip) & mask(self.prefix, 128) == u128::from(net)
-            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => u128::from(ip) & mask(self.prefix, 128) == u128::from(net),
             _ => false,
         }
     }

@@ -12,8 +12,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::cidr::Cidr;
 use crate::report::{Kind, ObjectRef, Problem, Report, reasons};
-use crate::resources::common::{SecretKeyRef, parse_duration_ms};
 use crate::resources::allowlist::ExternalAllowlistSpec;
+use crate::resources::common::{SecretKeyRef, parse_duration_ms};
 use crate::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
 use crate::snapshot::{
     Destination, HeaderValue, InjectedHeader, RenamedHeader, Route, SNAPSHOT_FORMAT, SecretId, SecretSnapshot,
@@ -701,7 +701,10 @@ fn check_allowlist(spec: &ExternalAllowlistSpec, checks: &mut Checks) {
     if RESERVED_TARGET_HEADERS.contains(&header.as_str()) {
         checks.invalid.push(problem(
             "spec.targetUrlHeader",
-            format!("{} is a header the proxy itself uses; choose another, e.g. X-Target-URL", spec.target_url_header),
+            format!(
+                "{} is a header the proxy itself uses; choose another, e.g. X-Target-URL",
+                spec.target_url_header
+            ),
         ));
     }
     for (i, host) in spec.hosts.iter().enumerate() {

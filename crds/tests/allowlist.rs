@@ -54,7 +54,9 @@ fn wildcards_under_a_registrable_domain_are_served() {
 
 #[test]
 fn allow_cidrs_are_shown_in_the_ready_message() {
-    let compiled = compile_docs(&allowlist("{hosts: [api.internal.example], allowCidrs: [10.1.0.0/16, 'fd00:1::/64']}"));
+    let compiled = compile_docs(&allowlist(
+        "{hosts: [api.internal.example], allowCidrs: [10.1.0.0/16, 'fd00:1::/64']}",
+    ));
     let r = report(&compiled, Kind::ExternalAllowlist, "partners");
     assert_eq!(r.reason, reasons::ACCEPTED);
     assert_eq!(

@@ -185,9 +185,9 @@ fn build_route(
                 base_path,
             }
         }
-        Destination::Allowlist { allowlist } => {
-            Target::Allowlist(Arc::new(Allowlist::build(allowlist, snapshot).map_err(|m| bad("allowlistRef", m))?))
-        }
+        Destination::Allowlist { allowlist } => Target::Allowlist(Arc::new(
+            Allowlist::build(allowlist, snapshot).map_err(|m| bad("allowlistRef", m))?,
+        )),
     };
     let mut inject = Vec::with_capacity(route.forward_headers.len());
     for (i, h) in route.forward_headers.iter().enumerate() {
@@ -229,14 +229,19 @@ fn build_route(
             clients.get(ca.map(String::as_str), route.upstream_protocol, connect_timeout)
         }
         Target::Allowlist(list) => {
-            let ca = list.ca_bundle.as_ref().or(route.ca_bundle.as_ref()).map(secret).transpose()?;
+            let ca = list
+                .ca_bundle
+                .as_ref()
+                .or(route.ca_bundle.as_ref())
+                .map(secret)
+                .transpose()?;
             clients.get_external(ca.map(String::as_str), route.upstream_protocol, connect_timeout, list)
         }
     }
     .map_err(|source| ConfigError::Client {
-            route: route.id.clone(),
-            source,
-        })?;
+        route: route.id.clone(),
+        source,
+    })?;
     Ok((
         key,
         LiveRoute {

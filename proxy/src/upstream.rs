@@ -150,7 +150,11 @@ fn build_client(
         }
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(if key.tls13_only { TLS13_ONLY } else { rustls::DEFAULT_VERSIONS })?
+        .with_protocol_versions(if key.tls13_only {
+            TLS13_ONLY
+        } else {
+            rustls::DEFAULT_VERSIONS
+        })?
         .with_root_certificates(roots)
         .with_no_client_auth();
 

@@ -76,9 +76,7 @@ fn message(got: &Got) -> String {
 #[tokio::test]
 async fn allowed_destination_gets_the_request_path_and_query_appended() {
     let p = Partner::start("api.partner.test").await;
-    let got = p
-        .get("/ext/foo/bar?param=value", Some(&p.target("/api")))
-        .await;
+    let got = p.get("/ext/foo/bar?param=value", Some(&p.target("/api"))).await;
     assert_eq!(got.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&got.body));
     assert_eq!(got.body, "upstream ok");
     let got = p.get("/ext/v2/items", Some(&p.target("/api/"))).await;
@@ -87,7 +85,10 @@ async fn allowed_destination_gets_the_request_path_and_query_appended() {
     let hits = p.up.hits();
     assert_eq!(hits.len(), 2);
     assert_eq!(hits[0].path_and_query, "/api/foo/bar?param=value");
-    assert_eq!(hits[1].path_and_query, "/api/v2/items", "a trailing / on the base is not doubled");
+    assert_eq!(
+        hits[1].path_and_query, "/api/v2/items",
+        "a trailing / on the base is not doubled"
+    );
     assert!(
         hits[0].headers.get("bt-proxy-url").is_none(),
         "the destination header is for Keygate, not the upstream"
@@ -101,7 +102,10 @@ async fn certificate_for_another_name_is_upstream_tls() {
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
     assert_eq!(got.error_code(), "UPSTREAM_TLS");
     assert!(message(&got).contains("certificate"), "{}", message(&got));
-    assert!(p.up.hits().is_empty(), "nothing was sent to a server with the wrong name");
+    assert!(
+        p.up.hits().is_empty(),
+        "nothing was sent to a server with the wrong name"
+    );
 }
 
 #[tokio::test]
@@ -110,19 +114,71 @@ async fn hostile_destinations_are_refused_before_any_connection() {
     let p = Partner::start("api.partner.test").await;
     let port = p.up.addr.port();
     let cases: Vec<(String, StatusCode, &str)> = vec![
-        (format!("https://127.0.0.1:{port}/api"), StatusCode::FORBIDDEN, "DESTINATION_NOT_ALLOWED"),
-        (format!("https://0x7f000001:{port}/"), StatusCode::FORBIDDEN, "DESTINATION_NOT_ALLOWED"),
-        (format!("https://2130706433:{port}/"), StatusCode::FORBIDDEN, "DESTINATION_NOT_ALLOWED"),
-        (format!("https://[::ffff:127.0.0.1]:{port}/"), StatusCode::FORBIDDEN, "DESTINATION_NOT_ALLOWED"),
-        (format!("https://api.partner.test.evil.net:{port}/"), StatusCode::FORBIDDEN, "DESTINATION_NOT_ALLOWED"),
-        (format!("https://evil-partner.test:{port}/"), StatusCode::FORBIDDEN, "DESTINATION_NOT_ALLOWED"),
-        (format!("http://api.partner.test:{port}/"), StatusCode::FORBIDDEN, "DESTINATION_NOT_ALLOWED"),
-        ("https://api.partner.test/".to_string(), StatusCode::FORBIDDEN, "DESTINATION_NOT_ALLOWED"),
-        (format!("https://evil@api.partner.test:{port}/"), StatusCode::BAD_REQUEST, "DESTINATION_INVALID"),
-        (format!("https://evil.net\\@api.partner.test:{port}/"), StatusCode::BAD_REQUEST, "DESTINATION_INVALID"),
-        (format!("https://api%2epartner.test:{port}/"), StatusCode::BAD_REQUEST, "DESTINATION_INVALID"),
-        (format!("https://api.partner.test:{port}/v1#x"), StatusCode::BAD_REQUEST, "DESTINATION_INVALID"),
-        ("api.partner.test/v1".to_string(), StatusCode::BAD_REQUEST, "DESTINATION_INVALID"),
+        (
+            format!("https://127.0.0.1:{port}/api"),
+            StatusCode::FORBIDDEN,
+            "DESTINATION_NOT_ALLOWED",
+        ),
+        (
+            format!("https://0x7f000001:{port}/"),
+            StatusCode::FORBIDDEN,
+            "DESTINATION_NOT_ALLOWED",
+        ),
+        (
+            format!("https://2130706433:{port}/"),
+            StatusCode::FORBIDDEN,
+            "DESTINATION_NOT_ALLOWED",
+        ),
+        (
+            format!("https://[::ffff:127.0.0.1]:{port}/"),
+            StatusCode::FORBIDDEN,
+            "DESTINATION_NOT_ALLOWED",
+        ),
+        (
+            format!("https://api.partner.test.evil.net:{port}/"),
+            StatusCode::FORBIDDEN,
+            "DESTINATION_NOT_ALLOWED",
+        ),
+        (
+            format!("https://evil-partner.test:{port}/"),
+            StatusCode::FORBIDDEN,
+            "DESTINATION_NOT_ALLOWED",
+        ),
+        (
+            format!("http://api.partner.test:{port}/"),
+            StatusCode::FORBIDDEN,
+            "DESTINATION_NOT_ALLOWED",
+        ),
+        (
+            "https://api.partner.test/".to_string(),
+            StatusCode::FORBIDDEN,
+            "DESTINATION_NOT_ALLOWED",
+        ),
+        (
+            format!("https://evil@api.partner.test:{port}/"),
+            StatusCode::BAD_REQUEST,
+            "DESTINATION_INVALID",
+        ),
+        (
+            format!("https://evil.net\\@api.partner.test:{port}/"),
+            StatusCode::BAD_REQUEST,
+            "DESTINATION_INVALID",
+        ),
+        (
+            format!("https://api%2epartner.test:{port}/"),
+            StatusCode::BAD_REQUEST,
+            "DESTINATION_INVALID",
+        ),
+        (
+            format!("https://api.partner.test:{port}/v1#x"),
+            StatusCode::BAD_REQUEST,
+            "DESTINATION_INVALID",
+        ),
+        (
+            "api.partner.test/v1".to_string(),
+            StatusCode::BAD_REQUEST,
+            "DESTINATION_INVALID",
+        ),
     ];
     for (target, status, code) in &cases {
         let got = p.get("/ext/x", Some(target)).await;
@@ -143,7 +199,10 @@ async fn hostile_destinations_are_refused_before_any_connection() {
         ),
     )
     .await;
-    assert_eq!((twice.status, twice.error_code().as_str()), (StatusCode::BAD_REQUEST, "DESTINATION_INVALID"));
+    assert_eq!(
+        (twice.status, twice.error_code().as_str()),
+        (StatusCode::BAD_REQUEST, "DESTINATION_INVALID")
+    );
 
     // The log says which rule refused and for which host, never the URL's path.
     let refused = p.get("/ext/x", Some("https://api.partner.test:1/acct-7f3a9d/v1")).await;
@@ -180,7 +239,11 @@ async fn names_resolving_to_private_addresses_are_refused() {
         ("nat64.partner.test", "link-local (cloud metadata)"),
     ] {
         let target = format!("https://{host}/v1");
-        let got = within("the request", get(&proxy.url("/open/x?q=1"), &[("X-Target-URL", &target)])).await;
+        let got = within(
+            "the request",
+            get(&proxy.url("/open/x?q=1"), &[("X-Target-URL", &target)]),
+        )
+        .await;
         assert_eq!(got.status, StatusCode::FORBIDDEN, "{host}");
         assert_eq!(got.error_code(), "DESTINATION_RESOLVES_PRIVATE", "{host}");
         let message = message(&got);
@@ -250,7 +313,11 @@ async fn the_proxy_never_calls_its_own_listener_even_when_allowed() {
     proxy.wait_for_new_config(&old).await;
 
     let target = format!("http://self.partner.test:{port}/loop");
-    let got = within("the request", get(&proxy.url("/loop/again"), &[("X-Target-URL", &target)])).await;
+    let got = within(
+        "the request",
+        get(&proxy.url("/loop/again"), &[("X-Target-URL", &target)]),
+    )
+    .await;
     assert_eq!(got.status, StatusCode::FORBIDDEN);
     assert_eq!(got.error_code(), "DESTINATION_RESOLVES_PRIVATE");
     assert!(
@@ -290,10 +357,18 @@ async fn redirects_go_back_to_the_client_unfollowed() {
     let proxy = Proxy::start_resolving(&yaml, resolver).await;
 
     let target = format!("http://plain.partner.test:{port}/v1");
-    let got = within("the request", get(&proxy.url("/plain/start"), &[("X-Target-URL", &target)])).await;
+    let got = within(
+        "the request",
+        get(&proxy.url("/plain/start"), &[("X-Target-URL", &target)]),
+    )
+    .await;
     assert_eq!(got.status, StatusCode::FOUND);
     assert_eq!(got.headers["location"], "https://elsewhere.example/next");
-    assert_eq!(up.count(), 1, "Keygate made one request and did not follow the redirect");
+    assert_eq!(
+        up.count(),
+        1,
+        "Keygate made one request and did not follow the redirect"
+    );
     assert_eq!(up.last().uri, "/v1/start");
 }
 
@@ -318,21 +393,36 @@ async fn min_tls_13_refuses_an_upstream_that_only_speaks_tls_12() {
     let proxy = Proxy::start_resolving(&yaml, resolver).await;
     let target = format!("https://old.partner.test:{port}");
 
-    let strict = within("the request", get(&proxy.url("/strict/x"), &[("X-Target-URL", &target)])).await;
+    let strict = within(
+        "the request",
+        get(&proxy.url("/strict/x"), &[("X-Target-URL", &target)]),
+    )
+    .await;
     assert_eq!(strict.status, StatusCode::BAD_GATEWAY);
     assert_eq!(strict.error_code(), "UPSTREAM_TLS");
     assert!(up.hits().is_empty());
 
-    let lenient = within("the request", get(&proxy.url("/lenient/x"), &[("X-Target-URL", &target)])).await;
-    assert_eq!(lenient.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&lenient.body));
+    let lenient = within(
+        "the request",
+        get(&proxy.url("/lenient/x"), &[("X-Target-URL", &target)]),
+    )
+    .await;
+    assert_eq!(
+        lenient.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&lenient.body)
+    );
     assert_eq!(up.hits().len(), 1);
 }
 
 #[tokio::test]
 async fn fixed_routes_refuse_destination_headers() {
     let up = Upstream::ok().await;
-    let yaml = allowlist_yaml("partners", "  targetUrlHeader: BT-PROXY-URL\n  hosts: [api.partner.test]")
-        + &route_yaml("fixed", "/fixed", &up.url(), "");
+    let yaml = allowlist_yaml(
+        "partners",
+        "  targetUrlHeader: BT-PROXY-URL\n  hosts: [api.partner.test]",
+    ) + &route_yaml("fixed", "/fixed", &up.url(), "");
     let proxy = Proxy::start(&yaml).await;
     for header in ["X-Target-URL", "BT-PROXY-URL", "bt-proxy-url"] {
         let got = within(
@@ -342,7 +432,11 @@ async fn fixed_routes_refuse_destination_headers() {
         .await;
         assert_eq!(got.status, StatusCode::BAD_REQUEST, "{header}");
         assert_eq!(got.error_code(), "DESTINATION_FIXED", "{header}");
-        assert!(message(&got).contains(&header.to_ascii_lowercase()), "{}", message(&got));
+        assert!(
+            message(&got).contains(&header.to_ascii_lowercase()),
+            "{}",
+            message(&got)
+        );
     }
     assert_eq!(up.count(), 0);
     let got = within("the request", get(&proxy.url("/fixed/x"), &[])).await;

@@ -90,9 +90,10 @@ impl Guard {
             IpAddr::V4(_) => vec![ip],
         };
         let public = || Guard::default().judge(ip).is_ok();
-        listeners.iter().filter(|l| self.ports.contains(&l.port())).any(|l| {
-            forms.contains(&l.ip()) || (l.ip().is_unspecified() && !public())
-        })
+        listeners
+            .iter()
+            .filter(|l| self.ports.contains(&l.port()))
+            .any(|l| forms.contains(&l.ip()) || (l.ip().is_unspecified() && !public()))
     }
 }
 
@@ -143,20 +144,58 @@ mod tests {
     fn special_ranges_are_refused_and_public_addresses_pass() {
         let g = guard(&[]);
         for ip in [
-            "0.0.0.0", "0.1.2.3", "10.0.0.1", "10.255.255.255", "100.64.0.1", "100.127.255.254", "127.0.0.1",
-            "127.8.9.10", "169.254.169.254", "172.16.0.1", "172.31.255.255", "192.0.0.8", "192.168.1.1",
-            "198.18.0.1", "198.19.255.255", "240.0.0.1", "255.255.255.255", "224.0.0.1", "239.1.2.3", "::", "::1",
-            "fc00::1", "fd12:3456::1", "fe80::1", "febf::1", "ff02::1", "ff0e::1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "10.0.0.1",
+            "10.255.255.255",
+            "100.64.0.1",
+            "100.127.255.254",
+            "127.0.0.1",
+            "127.8.9.10",
+            "169.254.169.254",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "239.1.2.3",
+            "::",
+            "::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "febf::1",
+            "ff02::1",
+            "ff0e::1",
             // IPv4 inside IPv6, judged by what is inside.
-            "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::127.0.0.1", "64:ff9b::a00:1",
-            "64:ff9b::7f00:1", "64:ff9b:1::a9fe:a9fe", "2002:7f00:1::", "2002:a9fe:a9fe::1", "2001:0:a00:1::",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2001:0:a00:1::",
             "2001:0:808:808:0:0:80ff:fffe",
         ] {
             assert!(verdict(&g, ip, &[]).is_err(), "{ip} must be refused");
         }
         for ip in [
-            "8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "198.20.0.1", "2606:4700::1111", "::ffff:8.8.8.8",
-            "64:ff9b::808:808", "2002:808:808::1",
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "198.20.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             assert_eq!(verdict(&g, ip, &[]), Ok(()), "{ip} is public");
         }
@@ -168,11 +207,18 @@ mod tests {
     fn allow_cidrs_open_their_range_only() {
         let g = guard(&["10.1.0.0/16", "127.0.0.0/8"]);
         assert_eq!(verdict(&g, "10.1.2.3", &[]), Ok(()));
-        assert_eq!(verdict(&g, "::ffff:10.1.2.3", &[]), Ok(()), "the mapped form is the same host");
+        assert_eq!(
+            verdict(&g, "::ffff:10.1.2.3", &[]),
+            Ok(()),
+            "the mapped form is the same host"
+        );
         assert_eq!(verdict(&g, "127.0.0.1", &[]), Ok(()));
         assert!(verdict(&g, "10.2.0.1", &[]).is_err());
         assert!(verdict(&g, "169.254.169.254", &[]).is_err());
-        assert!(verdict(&g, "::1", &[]).is_err(), "IPv6 loopback is not in an IPv4 range");
+        assert!(
+            verdict(&g, "::1", &[]).is_err(),
+            "IPv6 loopback is not in an IPv4 range"
+        );
         let wide = guard(&["0.0.0.0/1"]);
         assert_eq!(verdict(&wide, "0.0.0.0", &[]), Err("unspecified"), "never opened");
         assert_eq!(verdict(&guard(&["224.0.0.0/4"]), "224.0.0.1", &[]), Err("multicast"));
@@ -184,12 +230,20 @@ mod tests {
         let own: Vec<SocketAddr> = vec!["127.0.0.1:8443".parse().unwrap()];
         assert_eq!(verdict(&g, "127.0.0.1", &own), Err(OWN_LISTENER));
         assert_eq!(verdict(&g, "::ffff:127.0.0.1", &own), Err(OWN_LISTENER));
-        assert_eq!(verdict(&g, "127.0.0.2", &own), Ok(()), "another loopback address is another socket");
+        assert_eq!(
+            verdict(&g, "127.0.0.2", &own),
+            Ok(()),
+            "another loopback address is another socket"
+        );
         let other_port: Vec<SocketAddr> = vec!["127.0.0.1:9901".parse().unwrap()];
         assert_eq!(verdict(&g, "127.0.0.1", &other_port), Ok(()), "not on an allowed port");
         let any: Vec<SocketAddr> = vec!["0.0.0.0:443".parse().unwrap()];
         assert_eq!(verdict(&g, "127.0.0.5", &any), Err(OWN_LISTENER));
-        assert_eq!(verdict(&g, "10.3.4.5", &any), Err(OWN_LISTENER), "maybe the pod's own address");
+        assert_eq!(
+            verdict(&g, "10.3.4.5", &any),
+            Err(OWN_LISTENER),
+            "maybe the pod's own address"
+        );
         assert_eq!(verdict(&g, "8.8.8.8", &any), Ok(()));
     }
 }

@@ -30,7 +30,12 @@ pub struct SystemResolver;
 
 impl Resolve for SystemResolver {
     fn resolve(&self, host: String) -> BoxFuture<'static, io::Result<Vec<IpAddr>>> {
-        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.map(|a| a.ip()).collect()) })
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .map(|a| a.ip())
+                .collect())
+        })
     }
 }
 
@@ -149,13 +154,11 @@ impl tower_service::Service<Name> for Resolver {
                 // attack more often than a mistake, and half a destination is not worth serving.
                 let listeners = this.network.listeners();
                 for &addr in &addrs {
-                    guard
-                        .check(addr, &listeners)
-                        .map_err(|rule| Refused {
-                            host: host.clone(),
-                            addr,
-                            rule,
-                        })?;
+                    guard.check(addr, &listeners).map_err(|rule| Refused {
+                        host: host.clone(),
+                        addr,
+                        rule,
+                    })?;
                 }
             }
             // Port 0: the connector puts the URL's port in.

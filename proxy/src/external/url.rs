@@ -66,13 +66,17 @@ pub fn parse(raw: &str) -> Result<Named<'_>, Refusal> {
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
     if path.contains('?') {
-        return Err(Invalid("has a query; send the base URL only and the query on the request"));
+        return Err(Invalid(
+            "has a query; send the base URL only and the query on the request",
+        ));
     }
     if authority.is_empty() {
         return Err(Invalid("has no host"));
     }
     if authority.contains('@') {
-        return Err(Invalid("carries userinfo (user@host); credentials never travel in the URL"));
+        return Err(Invalid(
+            "carries userinfo (user@host); credentials never travel in the URL",
+        ));
     }
     if authority.contains('%') {
         return Err(Invalid("has a percent-encoded host"));
@@ -91,13 +95,18 @@ pub fn parse(raw: &str) -> Result<Named<'_>, Refusal> {
         None => (authority, None),
     };
     if host.contains(':') {
-        return Err(Invalid("the host has a colon; IPv6 addresses are not served and a port comes once"));
+        return Err(Invalid(
+            "the host has a colon; IPv6 addresses are not served and a port comes once",
+        ));
     }
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     if host.is_empty() {
         return Err(Invalid("has no host"));
     }
-    if !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
         return Err(Invalid("the host has characters a DNS name cannot have"));
     }
     if host.len() > 253 {
@@ -113,7 +122,9 @@ pub fn parse(raw: &str) -> Result<Named<'_>, Refusal> {
     // A name whose last label is a number is read as an IPv4 address by resolvers and browsers
     // alike (127.1, 0x7f.1, 2130706433, 0177.0.0.1); no top-level domain is numeric.
     let last = labels[labels.len() - 1];
-    let hex = last.strip_prefix("0x").is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let hex = last
+        .strip_prefix("0x")
+        .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
     if hex || last.bytes().all(|b| b.is_ascii_digit()) {
         return Err(NotAllowed("the host is an IP address; name a host"));
     }
@@ -169,7 +180,9 @@ impl Rules {
     /// Whether the allowlist admits `named`; the refusal names the rule that did not.
     pub fn admit(&self, named: &Named<'_>) -> Result<(), Refusal> {
         if !self.schemes.contains(&named.scheme) {
-            return Err(Refusal::NotAllowed("the scheme is not allowed (https only, unless the allowlist lists http)"));
+            return Err(Refusal::NotAllowed(
+                "the scheme is not allowed (https only, unless the allowlist lists http)",
+            ));
         }
         let host = named.host.as_str();
         // `*.example.com` needs at least one label before `.example.com`; labels are never
@@ -347,8 +360,14 @@ mod tests {
         let rules = https_only();
         assert_eq!(check(&rules, "https://api.example.com/v1"), Ok(()));
         assert_eq!(check(&rules, "https://api.example.com:443/v1"), Ok(()));
-        assert!(matches!(check(&rules, "http://api.example.com/v1"), Err(Refusal::NotAllowed(r)) if r.contains("scheme")));
-        assert!(matches!(check(&rules, "https://api.example.com:8443/"), Err(Refusal::NotAllowed(r)) if r.contains("port")));
-        assert!(matches!(check(&rules, "https://x.api.example.com/"), Err(Refusal::NotAllowed(r)) if r.contains("host")));
+        assert!(
+            matches!(check(&rules, "http://api.example.com/v1"), Err(Refusal::NotAllowed(r)) if r.contains("scheme"))
+        );
+        assert!(
+            matches!(check(&rules, "https://api.example.com:8443/"), Err(Refusal::NotAllowed(r)) if r.contains("port"))
+        );
+        assert!(
+            matches!(check(&rules, "https://x.api.example.com/"), Err(Refusal::NotAllowed(r)) if r.contains("host"))
+        );
     }
 }

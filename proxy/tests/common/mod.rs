@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use keygate_proxy::external::resolve::{Network, Resolve};
 use keygate_proxy::proxy::Shared;
-use keygate_proxy::upstream::ClientCache;
 use keygate_proxy::server::{ListenerLimits, serve_proxy};
 use keygate_proxy::source::{self, Source};
+use keygate_proxy::upstream::ClientCache;
 pub use keygate_tests::*;
 use tokio::net::TcpListener;
 

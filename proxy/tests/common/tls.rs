@@ -185,4 +185,3 @@ impl Server {
         self.accepted.load(Ordering::SeqCst)
     }
 }
-
