@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Resource, ResourceExt};
 
+use crate::cidr::Cidr;
 use crate::report::{Kind, ObjectRef, Problem, Report, reasons};
+use crate::resources::allowlist::ExternalAllowlistSpec;
 use crate::resources::common::{SecretKeyRef, parse_duration_ms};
 use crate::resources::route::{CsrfMode, HttpMethod};
 use crate::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
@@ -120,6 +122,7 @@ pub fn compile(input: &Resources) -> Compiled {
         if let Some(ca) = &spec.ca_bundle {
             c.secret_key(ns, ca, "spec.caBundle", &mut p.secrets);
         }
+        check_allowlist(spec, p);
     });
     c.snapshot.vault_rules = c.compile_kind(&input.vault_rules, Kind::TokenVaultRule, |c, ns, spec, p| {
         if let Some(s) = &spec.source.secret_ref {
@@ -217,6 +220,8 @@ struct Checks {
     invalid: Vec<Problem>,
     /// Secrets or keys that are missing or unusable: reason `SecretNotFound`.
     secrets: Vec<Problem>,
+    /// What the `Ready` message of a served resource adds, e.g. which private ranges it opens.
+    note: Option<String>,
 }
 
 /// The CEL rules of each kind, evaluated here exactly as the API server evaluates them.
@@ -278,7 +283,7 @@ impl Compiler<'_> {
                 self.refuse(object, item, reasons::SECRET_NOT_FOUND, checks.secrets);
             } else {
                 out.insert(format!("{}/{}", object.namespace, object.name), item.spec().clone());
-                self.accept(object, item);
+                self.accept_noted(object, item, checks.note);
             }
         }
         out
@@ -730,9 +735,16 @@ impl Compiler<'_> {
     }
 
     fn accept<K: Resource>(&mut self, object: ObjectRef, item: &K) {
+        self.accept_noted(object, item, None);
+    }
+
+    fn accept_noted<K: Resource>(&mut self, object: ObjectRef, item: &K, note: Option<String>) {
         self.used_secrets.append(&mut self.pending_secrets);
         self.reports.push(Report {
-            message: format!("{} is served", object),
+            message: match note {
+                Some(note) => format!("{object} is served; {note}"),
+                None => format!("{object} is served"),
+            },
             object,
             generation: item.meta().generation,
             reason: reasons::ACCEPTED,
@@ -828,4 +840,64 @@ fn check_upstream(raw: &str) -> Result<String, String> {
     }
     let s = url.as_str();
     Ok(s.strip_suffix('/').unwrap_or(s).to_string())
+}
+
+/// Headers the proxy itself reads or rewrites on every request: naming the destination in one of
+/// them would either never work or change what every other route sends.
+const RESERVED_TARGET_HEADERS: [&str; 8] = [
+    "host",
+    "cookie",
+    "connection",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "x-forwarded-for",
+    "x-forwarded-host",
+];
+
+/// What CEL cannot say about an allowlist: wildcards as wide as a public suffix (checked against
+/// the public-suffix list), and `allowCidrs` that are not clean, narrow networks. Served
+/// allowlists that open private ranges say so in their `Ready` message.
+fn check_allowlist(spec: &ExternalAllowlistSpec, checks: &mut Checks) {
+    let header = spec.target_url_header.to_ascii_lowercase();
+    if RESERVED_TARGET_HEADERS.contains(&header.as_str()) {
+        checks.invalid.push(problem(
+            "spec.targetUrlHeader",
+            format!(
+                "{} is a header the proxy itself uses; choose another, e.g. X-Target-URL",
+                spec.target_url_header
+            ),
+        ));
+    }
+    for (i, host) in spec.hosts.iter().enumerate() {
+        let Some(domain) = host.strip_prefix("*.") else {
+            continue;
+        };
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if psl::suffix(domain.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == domain.as_bytes()) {
+            checks.invalid.push(problem(
+                &format!("spec.hosts[{i}]"),
+                format!(
+                    "{host} would match every domain under the public suffix {domain}, owned by many different parties; name a domain registered under it, e.g. *.example.{domain}"
+                ),
+            ));
+        }
+    }
+    let mut opened = Vec::new();
+    for (i, raw) in spec.allow_cidrs.iter().enumerate() {
+        let field = format!("spec.allowCidrs[{i}]");
+        match raw.parse::<Cidr>() {
+            Err(e) => checks.invalid.push(problem(&field, e.to_string())),
+            // Wider than this opens most of an address family, the public Internet included:
+            // almost certainly a mistake, and a guard that no longer guards.
+            Ok(c) if c.prefix() < if c.network().is_ipv4() { 8 } else { 7 } => checks.invalid.push(problem(
+                &field,
+                format!("{c} is too wide to be a private API's range; name the network it lives in, e.g. 10.1.0.0/16 or fd00::/64 (at least /8 for IPv4, /7 for IPv6)"),
+            )),
+            Ok(c) => opened.push(c.to_string()),
+        }
+    }
+    if !opened.is_empty() {
+        checks.note = Some(format!("private ranges allowed: {}", opened.join(", ")));
+    }
 }

@@ -12,6 +12,7 @@ use keygate_crds::snapshot::{Destination, HeaderValue, Route, SNAPSHOT_FORMAT};
 use keygate_crds::{SecretSnapshot, Snapshot};
 
 use crate::apikeys::ApiKeys;
+use crate::external::{self, Allowlist};
 use crate::pipeline::cookie::CookieTranslation;
 use crate::pipeline::cors::Cors;
 use crate::router::Router;
@@ -82,6 +83,9 @@ pub struct LiveRoute {
     pub cookie: Option<CookieTranslation>,
     /// For `auth: apiKey`: the header carrying the key, and the keys.
     pub api_keys: Option<(HeaderName, ApiKeys)>,
+    /// Every header that names a destination in this config: read by allowlist routes,
+    /// refused by fixed ones, never forwarded.
+    pub destination_headers: Arc<[HeaderName]>,
 }
 
 /// A route's destination, parsed.
@@ -96,7 +100,7 @@ pub enum Target {
         base_path: String,
     },
     /// Chosen per request from an allowlist.
-    Allowlist,
+    Allowlist(Arc<Allowlist>),
 }
 
 /// One generation of live configuration.
@@ -188,7 +192,9 @@ fn build_route(
                 base_path,
             }
         }
-        Destination::Allowlist { .. } => Target::Allowlist,
+        Destination::Allowlist { allowlist } => Target::Allowlist(Arc::new(
+            Allowlist::build(allowlist, snapshot).map_err(|m| bad("allowlistRef", m))?,
+        )),
     };
     let mut inject = Vec::with_capacity(route.forward_headers.len());
     for (i, h) in route.forward_headers.iter().enumerate() {
@@ -251,17 +257,26 @@ fn build_route(
             Some((header, ApiKeys::from_secret(secrets, ns, &auth.keys_secret_ref.name)))
         }
     };
-    let ca = route.ca_bundle.as_ref().map(secret).transpose()?;
-    let (key, client) = clients
-        .get(
-            ca.map(String::as_str),
-            route.upstream_protocol,
-            Duration::from_millis(route.connect_timeout_ms),
-        )
-        .map_err(|source| ConfigError::Client {
-            route: route.id.clone(),
-            source,
-        })?;
+    let connect_timeout = Duration::from_millis(route.connect_timeout_ms);
+    let (key, client) = match &target {
+        Target::Fixed { .. } => {
+            let ca = route.ca_bundle.as_ref().map(secret).transpose()?;
+            clients.get(ca.map(String::as_str), route.upstream_protocol, connect_timeout)
+        }
+        Target::Allowlist(list) => {
+            let ca = list
+                .ca_bundle
+                .as_ref()
+                .or(route.ca_bundle.as_ref())
+                .map(secret)
+                .transpose()?;
+            clients.get_external(ca.map(String::as_str), route.upstream_protocol, connect_timeout, list)
+        }
+    }
+    .map_err(|source| ConfigError::Client {
+        route: route.id.clone(),
+        source,
+    })?;
     Ok((
         key,
         LiveRoute {
@@ -275,6 +290,7 @@ fn build_route(
             cors,
             cookie,
             api_keys,
+            destination_headers: external::destination_headers(snapshot),
         },
     ))
 }

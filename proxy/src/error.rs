@@ -27,9 +27,6 @@ pub enum ProxyError {
     /// The request cannot be forwarded as sent.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    /// The route's destination kind is not served by this build.
-    #[error("{0}")]
-    NotImplemented(&'static str),
     /// Opening the upstream connection took longer than the route's connect timeout.
     #[error("connecting to the upstream timed out")]
     UpstreamConnectTimeout,
@@ -69,6 +66,21 @@ pub enum ProxyError {
     /// The store holding sessions or tokens cannot be reached.
     #[error("the session store is unavailable; try again shortly")]
     StoreUnavailable,
+    /// The route takes its destination from a header the request did not send.
+    #[error("this route needs the destination base URL in the {0} header, e.g. {0}: https://api.example.com/v1")]
+    DestinationMissing(String),
+    /// The named destination is not a URL Keygate accepts.
+    #[error("the destination URL is invalid: {0}")]
+    DestinationInvalid(&'static str),
+    /// The named destination is well-formed, but the route's allowlist does not admit it.
+    #[error("the destination is not allowed: {0}")]
+    DestinationNotAllowed(String),
+    /// The destination's host resolves to an address the allowlist does not allow.
+    #[error("the destination host {0} resolves to a private, loopback or otherwise refused address")]
+    DestinationResolvesPrivate(String),
+    /// The route has a fixed upstream, yet the request names a destination.
+    #[error("this route's destination is fixed; remove the {0} header")]
+    DestinationFixed(String),
 }
 
 /// A store failure reaches the client as 503; the cause is logged by the stage, with no key.
@@ -89,7 +101,6 @@ impl ProxyError {
             ProxyError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             ProxyError::BodyTooLarge(_) => "BODY_TOO_LARGE",
             ProxyError::BadRequest(_) => "BAD_REQUEST",
-            ProxyError::NotImplemented(_) => "NOT_IMPLEMENTED",
             ProxyError::UpstreamConnectTimeout => "UPSTREAM_CONNECT_TIMEOUT",
             ProxyError::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             ProxyError::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
@@ -103,6 +114,11 @@ impl ProxyError {
             ProxyError::InvalidApiKey => "INVALID_API_KEY",
             ProxyError::CsrfFailed(_) => "CSRF_FAILED",
             ProxyError::StoreUnavailable => "SESSION_STORE_UNAVAILABLE",
+            ProxyError::DestinationMissing(_) => "DESTINATION_MISSING",
+            ProxyError::DestinationInvalid(_) => "DESTINATION_INVALID",
+            ProxyError::DestinationNotAllowed(_) => "DESTINATION_NOT_ALLOWED",
+            ProxyError::DestinationResolvesPrivate(_) => "DESTINATION_RESOLVES_PRIVATE",
+            ProxyError::DestinationFixed(_) => "DESTINATION_FIXED",
         }
     }
 
@@ -115,7 +131,6 @@ impl ProxyError {
             ProxyError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamUnavailable
             | ProxyError::UpstreamTls(_)
@@ -127,6 +142,10 @@ impl ProxyError {
             | ProxyError::SessionExpired
             | ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ProxyError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::DestinationMissing(_) | ProxyError::DestinationInvalid(_) | ProxyError::DestinationFixed(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::DestinationNotAllowed(_) | ProxyError::DestinationResolvesPrivate(_) => StatusCode::FORBIDDEN,
         }
     }
 

@@ -13,8 +13,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::body::{Body, LimitedBody};
-use crate::config::{Config, LiveRoute, Target};
+use crate::config::{Config, LiveRoute};
 use crate::error::ProxyError;
+use crate::external::{self, resolve::Refused};
 use crate::metrics::Metrics;
 use crate::pipeline::cookie::Step;
 use crate::pipeline::cors::Cors;
@@ -102,16 +103,7 @@ async fn forward(
     if let (Step::Logout, Some(cookie)) = (step, &route.cookie) {
         return cookie.logout(&parts.headers).await;
     }
-    let Target::Fixed {
-        scheme,
-        authority,
-        base_path,
-    } = &route.target
-    else {
-        return Err(ProxyError::NotImplemented(
-            "destinations named by the client (allowlistRef) are not served by this version",
-        ));
-    };
+    let base = external::destination(route, &mut parts.headers)?;
     // Headers first: an HTTP/2 client's host is the request URI's authority, about to be replaced.
     request::rewrite_headers(route, &mut parts, peer);
     if let Some((name, value)) = caller.upstream_auth {
@@ -124,7 +116,7 @@ async fn forward(
             http::HeaderValue::from_static("identity"),
         );
     }
-    parts.uri = request::upstream_uri(route, scheme, authority, base_path, &parts.uri)?;
+    parts.uri = request::upstream_uri(route, &base.scheme, &base.authority, &base.base_path, &parts.uri)?;
     // The client connection picks HTTP/1.1 or HTTP/2 for the upstream hop itself.
     parts.version = Version::HTTP_11;
 
@@ -162,6 +154,9 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     while let Some(err) = source {
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
             return ProxyError::UpstreamTls(tls.to_string());
+        }
+        if let Some(refused) = err.downcast_ref::<Refused>() {
+            return ProxyError::DestinationResolvesPrivate(refused.host.clone());
         }
         source = match err.downcast_ref::<std::io::Error>() {
             Some(io) if io.kind() == std::io::ErrorKind::TimedOut && e.is_connect() => {
