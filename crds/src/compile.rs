@@ -11,13 +11,16 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Resource, ResourceExt};
 
+use crate::cidr::Cidr;
 use crate::report::{Kind, ObjectRef, Problem, Report, reasons};
+use crate::resources::allowlist::ExternalAllowlistSpec;
 use crate::resources::common::{SecretKeyRef, parse_duration_ms};
+use crate::resources::route::{CsrfMode, HttpMethod};
 use crate::resources::vault::{StaticToken, is_token_id};
 use crate::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
 use crate::snapshot::{
-    Destination, HeaderValue, InjectedHeader, RenamedHeader, Route, SNAPSHOT_FORMAT, SecretId, SecretSnapshot,
-    Snapshot, secret_id,
+    CSRF_HEADER, CorsPolicy, CsrfPolicy, Destination, HeaderValue, InjectedHeader, RenamedHeader, Route,
+    SNAPSHOT_FORMAT, SecretId, SecretSnapshot, Snapshot, secret_id,
 };
 
 /// Namespace of a resource whose manifest names none, as kubectl would apply it.
@@ -28,6 +31,17 @@ pub const DEFAULT_BODY_LIMIT: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Response-header limit when a route sets none.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// How long browsers cache a preflight when a route sets no `cors.maxAgeSeconds`.
+pub const DEFAULT_CORS_MAX_AGE: u32 = 600;
+/// Methods a CORS preflight may ask for when neither `cors.allowMethods` nor `methods` is set.
+const DEFAULT_CORS_METHODS: [HttpMethod; 6] = [
+    HttpMethod::Delete,
+    HttpMethod::Get,
+    HttpMethod::Head,
+    HttpMethod::Patch,
+    HttpMethod::Post,
+    HttpMethod::Put,
+];
 
 /// Everything `compile()` reads.
 #[derive(Clone, Default)]
@@ -100,13 +114,17 @@ pub fn compile(input: &Resources) -> Compiled {
     c.snapshot.cookie_translations =
         c.compile_kind(&input.cookie_translations, Kind::CookieTranslation, |c, ns, spec, p| {
             for (i, key) in spec.encryption_keys.iter().enumerate() {
-                c.secret_key(ns, key, &format!("spec.encryptionKeys[{i}]"), &mut p.secrets);
+                c.aes_key(ns, key, &format!("spec.encryptionKeys[{i}]"), p);
+            }
+            if let Some(url) = &spec.redis_url {
+                c.secret_key(ns, url, "spec.redisUrl", &mut p.secrets);
             }
         });
     c.snapshot.allowlists = c.compile_kind(&input.allowlists, Kind::ExternalAllowlist, |c, ns, spec, p| {
         if let Some(ca) = &spec.ca_bundle {
             c.secret_key(ns, ca, "spec.caBundle", &mut p.secrets);
         }
+        check_allowlist(spec, p);
     });
     // Older rules claim their tokenize endpoint first, as routes claim prefixes.
     let mut vault_rules: Vec<&TokenVaultRule> = input.vault_rules.iter().collect();
@@ -125,11 +143,11 @@ pub fn compile(input: &Resources) -> Compiled {
             c.secret_key(ns, url, "spec.source.redisUrl", &mut p.secrets);
         }
         for (i, key) in spec.source.encryption_keys.iter().enumerate() {
-            c.secret_key(ns, key, &format!("spec.source.encryptionKeys[{i}]"), &mut p.secrets);
+            c.aes_key(ns, key, &format!("spec.source.encryptionKeys[{i}]"), p);
         }
         if let Some(ep) = &spec.tokenize_endpoint {
             let field = "spec.tokenizeEndpoint.keysSecretRef";
-            c.whole_secret(ns, &ep.keys_secret_ref.name, field, &mut p.secrets);
+            c.api_keys_secret(ns, &ep.keys_secret_ref.name, field, &mut p.secrets);
             // Claimed last, and only by a rule that is otherwise fine, so a broken rule never
             // keeps a path from the next one.
             if p.invalid.is_empty() && p.secrets.is_empty() {
@@ -156,7 +174,7 @@ pub fn compile(input: &Resources) -> Compiled {
                 p.invalid
                     .push(problem("spec.ttl", "must be a positive duration such as 30m"));
             }
-            c.whole_secret(
+            c.api_keys_secret(
                 ns,
                 &spec.api_keys_secret_ref.name,
                 "spec.apiKeysSecretRef",
@@ -239,6 +257,8 @@ struct Checks {
     name: String,
     /// Something another resource already claims: reason `Conflict`.
     conflicts: Vec<Problem>,
+    /// What the `Ready` message of a served resource adds, e.g. which private ranges it opens.
+    note: Option<String>,
 }
 
 /// The CEL rules of each kind, evaluated here exactly as the API server evaluates them.
@@ -305,7 +325,7 @@ impl Compiler<'_> {
                 self.refuse(object, item, reasons::SECRET_NOT_FOUND, checks.secrets);
             } else {
                 out.insert(format!("{}/{}", object.namespace, object.name), item.spec().clone());
-                self.accept(object, item);
+                self.accept_noted(object, item, checks.note);
             }
         }
         out
@@ -479,6 +499,9 @@ impl Compiler<'_> {
         if !refs.is_empty() {
             return Err((reason, refs));
         }
+        if let Some(problems) = self.combination_problems(spec).filter(|p| !p.is_empty()) {
+            return Err((reasons::INVALID, problems));
+        }
 
         let mut missing = Vec::new();
         let mut forward_headers = Vec::new();
@@ -512,7 +535,7 @@ impl Compiler<'_> {
             .and_then(|t| t.ca_bundle.as_ref())
             .and_then(|r| self.secret_key(ns, r, "spec.tls.caBundle", &mut missing));
         if let Some(api_key) = &spec.api_key {
-            self.whole_secret(
+            self.api_keys_secret(
                 ns,
                 &api_key.keys_secret_ref.name,
                 "spec.apiKey.keysSecretRef",
@@ -545,8 +568,19 @@ impl Compiler<'_> {
             cookie_passthrough: spec.cookie_passthrough,
             ca_bundle,
             upstream_protocol: spec.upstream_protocol,
-            cors: spec.cors.clone(),
-            csrf: spec.csrf.clone(),
+            cors: spec
+                .cors
+                .as_ref()
+                .map(|cors| self.cors_policy(cors, spec, ns, session_chain.as_deref())),
+            csrf: spec.csrf.as_ref().map(|csrf| CsrfPolicy {
+                mode: csrf.mode,
+                header: match csrf.mode {
+                    CsrfMode::DoubleSubmit => CSRF_HEADER.to_string(),
+                    CsrfMode::Header => csrf.header_name.as_deref().unwrap_or(CSRF_HEADER).to_ascii_lowercase(),
+                },
+                value: csrf.header_value.clone(),
+                check_origin: csrf.check_origin,
+            }),
             auth: spec.auth,
             api_key: spec.api_key.clone(),
             cookie_translation,
@@ -554,6 +588,99 @@ impl Compiler<'_> {
             vault_rules,
             rate_limit: spec.rate_limit.clone(),
         })
+    }
+
+    /// Combinations of route fields that each make sense alone but not together.
+    fn combination_problems(&self, spec: &crate::resources::ProxyRouteSpec) -> Option<Vec<Problem>> {
+        let mut problems = Vec::new();
+        if spec.cookie_passthrough && spec.cookie_translation_ref.is_some() {
+            problems.push(problem(
+                "spec.cookiePassthrough",
+                "cookiePassthrough would send the session cookie, and with it the token, to the upstream; remove cookiePassthrough or cookieTranslationRef",
+            ));
+        }
+        if spec.csrf.as_ref().is_some_and(|c| c.mode == CsrfMode::DoubleSubmit) && spec.cookie_translation_ref.is_none()
+        {
+            problems.push(problem(
+                "spec.csrf.mode",
+                "doubleSubmit compares against the CSRF cookie a CookieTranslation sets at session start; set cookieTranslationRef or use mode: header",
+            ));
+        }
+        Some(problems)
+    }
+
+    /// The route's CORS rules with every header Keygate reads or adds on this route, so nobody has
+    /// to remember to allow them.
+    fn cors_policy(
+        &self,
+        cors: &crate::resources::route::Cors,
+        spec: &crate::resources::ProxyRouteSpec,
+        ns: &str,
+        session_chain: Option<&str>,
+    ) -> CorsPolicy {
+        let lower = |names: &mut dyn Iterator<Item = &str>| {
+            let mut v: Vec<String> = names.map(str::to_ascii_lowercase).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let mut allow: Vec<&str> = cors.allow_headers.iter().map(String::as_str).collect();
+        allow.push("content-type");
+        if let Some(csrf) = &spec.csrf {
+            allow.push(match csrf.mode {
+                CsrfMode::DoubleSubmit => CSRF_HEADER,
+                CsrfMode::Header => csrf.header_name.as_deref().unwrap_or(CSRF_HEADER),
+            });
+        }
+        if spec.auth == crate::resources::route::AuthMode::ApiKey {
+            allow.push(
+                spec.api_key
+                    .as_ref()
+                    .and_then(|k| k.header.as_deref())
+                    .unwrap_or("x-api-key"),
+            );
+        }
+        if let Some(policy) = session_chain.and_then(|id| self.snapshot.session_policies.get(id)) {
+            allow.extend([
+                &*policy.headers.api_key,
+                &*policy.headers.session_id,
+                &*policy.headers.request_id,
+            ]);
+        }
+        if let Some(list) = spec
+            .allowlist_ref
+            .as_ref()
+            .and_then(|name| self.snapshot.allowlists.get(&format!("{ns}/{name}")))
+        {
+            allow.push(&list.target_url_header);
+        }
+        let mut expose: Vec<&str> = cors.expose_headers.iter().map(String::as_str).collect();
+        expose.extend(
+            spec.expose_headers
+                .iter()
+                .map(|h| h.rename.as_deref().unwrap_or(&h.name)),
+        );
+        if session_chain.is_some() {
+            expose.push("x-keygate-chain");
+        }
+        let methods: Vec<HttpMethod> = match (cors.allow_methods.is_empty(), spec.methods.is_empty()) {
+            (false, _) => cors.allow_methods.clone(),
+            (true, false) => spec.methods.clone(),
+            (true, true) => DEFAULT_CORS_METHODS.to_vec(),
+        };
+        CorsPolicy {
+            allow_origins: lower(&mut cors.allow_origins.iter().map(String::as_str)),
+            allow_methods: {
+                let mut m: Vec<String> = methods.iter().map(|m| m.as_str().to_string()).collect();
+                m.sort();
+                m.dedup();
+                m
+            },
+            allow_headers: lower(&mut allow.into_iter()),
+            expose_headers: lower(&mut expose.into_iter()),
+            allow_credentials: cors.allow_credentials,
+            max_age_seconds: cors.max_age_seconds.map_or(DEFAULT_CORS_MAX_AGE, |s| s as u32),
+        }
     }
 
     /// Resolves one Secret key, records its value for the secret snapshot, and returns its id.
@@ -609,6 +736,46 @@ impl Compiler<'_> {
         }
     }
 
+    /// Resolves a Secret key that must hold an AES-256 key: 32 bytes, base64.
+    fn aes_key(&mut self, ns: &str, r: &SecretKeyRef, field: &str, p: &mut Checks) {
+        let Some(id) = self.secret_key(ns, r, field, &mut p.secrets) else {
+            return;
+        };
+        use base64::Engine;
+        let value = self.pending_secrets[&id].trim();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value.trim_end_matches('=')));
+        if decoded.map_or(true, |k| k.len() != 32) {
+            p.invalid.push(problem(
+                field,
+                format!(
+                    "Secret {ns}/{} key {:?} must hold 32 random bytes, base64-encoded; create one with `openssl rand -base64 32`",
+                    r.name, r.key
+                ),
+            ));
+        }
+    }
+
+    /// Resolves a Secret of per-app API keys, which must hold at least one key: a route or policy
+    /// whose Secret is empty would refuse every caller, which is never what was meant.
+    fn api_keys_secret(&mut self, ns: &str, name: &str, field: &str, problems: &mut Vec<Problem>) {
+        let before = problems.len();
+        self.whole_secret(ns, name, field, problems);
+        let prefix = format!("{ns}/{name}/");
+        let has_key = self
+            .pending_secrets
+            .range(prefix.clone()..)
+            .take_while(|(id, _)| id.starts_with(&prefix))
+            .any(|(_, v)| v.lines().any(|l| !l.trim().is_empty()));
+        if problems.len() == before && !has_key {
+            problems.push(problem(
+                field,
+                format!("Secret {ns}/{name} holds no API key; add one key per app (the key's name is the app's name, its value the app's keys, one per line)"),
+            ));
+        }
+    }
+
     /// Resolves every key of a Secret, recording each value.
     fn whole_secret(&mut self, ns: &str, name: &str, field: &str, problems: &mut Vec<Problem>) {
         let Some(data) = self.secrets.by_name.get(&(ns.to_string(), name.to_string())) else {
@@ -629,9 +796,16 @@ impl Compiler<'_> {
     }
 
     fn accept<K: Resource>(&mut self, object: ObjectRef, item: &K) {
+        self.accept_noted(object, item, None);
+    }
+
+    fn accept_noted<K: Resource>(&mut self, object: ObjectRef, item: &K, note: Option<String>) {
         self.used_secrets.append(&mut self.pending_secrets);
         self.reports.push(Report {
-            message: format!("{} is served", object),
+            message: match note {
+                Some(note) => format!("{object} is served; {note}"),
+                None => format!("{object} is served"),
+            },
             object,
             generation: item.meta().generation,
             reason: reasons::ACCEPTED,
@@ -727,4 +901,64 @@ fn check_upstream(raw: &str) -> Result<String, String> {
     }
     let s = url.as_str();
     Ok(s.strip_suffix('/').unwrap_or(s).to_string())
+}
+
+/// Headers the proxy itself reads or rewrites on every request: naming the destination in one of
+/// them would either never work or change what every other route sends.
+const RESERVED_TARGET_HEADERS: [&str; 8] = [
+    "host",
+    "cookie",
+    "connection",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "x-forwarded-for",
+    "x-forwarded-host",
+];
+
+/// What CEL cannot say about an allowlist: wildcards as wide as a public suffix (checked against
+/// the public-suffix list), and `allowCidrs` that are not clean, narrow networks. Served
+/// allowlists that open private ranges say so in their `Ready` message.
+fn check_allowlist(spec: &ExternalAllowlistSpec, checks: &mut Checks) {
+    let header = spec.target_url_header.to_ascii_lowercase();
+    if RESERVED_TARGET_HEADERS.contains(&header.as_str()) {
+        checks.invalid.push(problem(
+            "spec.targetUrlHeader",
+            format!(
+                "{} is a header the proxy itself uses; choose another, e.g. X-Target-URL",
+                spec.target_url_header
+            ),
+        ));
+    }
+    for (i, host) in spec.hosts.iter().enumerate() {
+        let Some(domain) = host.strip_prefix("*.") else {
+            continue;
+        };
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if psl::suffix(domain.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == domain.as_bytes()) {
+            checks.invalid.push(problem(
+                &format!("spec.hosts[{i}]"),
+                format!(
+                    "{host} would match every domain under the public suffix {domain}, owned by many different parties; name a domain registered under it, e.g. *.example.{domain}"
+                ),
+            ));
+        }
+    }
+    let mut opened = Vec::new();
+    for (i, raw) in spec.allow_cidrs.iter().enumerate() {
+        let field = format!("spec.allowCidrs[{i}]");
+        match raw.parse::<Cidr>() {
+            Err(e) => checks.invalid.push(problem(&field, e.to_string())),
+            // Wider than this opens most of an address family, the public Internet included:
+            // almost certainly a mistake, and a guard that no longer guards.
+            Ok(c) if c.prefix() < if c.network().is_ipv4() { 8 } else { 7 } => checks.invalid.push(problem(
+                &field,
+                format!("{c} is too wide to be a private API's range; name the network it lives in, e.g. 10.1.0.0/16 or fd00::/64 (at least /8 for IPv4, /7 for IPv6)"),
+            )),
+            Ok(c) => opened.push(c.to_string()),
+        }
+    }
+    if !opened.is_empty() {
+        checks.note = Some(format!("private ranges allowed: {}", opened.join(", ")));
+    }
 }

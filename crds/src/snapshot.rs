@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::resources::{
     allowlist::ExternalAllowlistSpec,
     cookie::CookieTranslationSpec,
-    route::{ApiKeyAuth, AuthMode, Cors, Csrf, RateLimit, UpstreamProtocol},
+    route::{ApiKeyAuth, AuthMode, CsrfMode, RateLimit, UpstreamProtocol},
     session::SessionChainPolicySpec,
     vault::TokenVaultRuleSpec,
 };
@@ -108,12 +108,12 @@ pub struct Route {
     pub ca_bundle: Option<SecretId>,
     /// Protocol to the upstream.
     pub upstream_protocol: UpstreamProtocol,
-    /// CORS settings.
+    /// CORS settings, with the headers Keygate itself needs already added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cors: Option<Cors>,
+    pub cors: Option<CorsPolicy>,
     /// CSRF settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub csrf: Option<Csrf>,
+    pub csrf: Option<CsrfPolicy>,
     /// Authentication mode.
     pub auth: AuthMode,
     /// API-key settings for `auth: apiKey`; keys are secret values under `api_key_secrets`.
@@ -145,6 +145,45 @@ impl Route {
             .chain(self.ca_bundle.iter())
     }
 }
+
+/// A route's CORS rules as the proxy applies them: names lower-case, sorted, without duplicates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsPolicy {
+    /// Exact origins, `scheme://*.domain` suffix patterns, or `*`; lower-case.
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight may ask for.
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight may ask for: the configured ones, `content-type`, and every
+    /// header Keygate reads on this route (API key, session chain, CSRF, target URL).
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser may read: the configured ones, renamed `exposeHeaders`, and
+    /// the headers Keygate adds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// Whether cross-origin requests may carry cookies.
+    pub allow_credentials: bool,
+    /// Preflight cache lifetime in seconds.
+    pub max_age_seconds: u32,
+}
+
+/// A route's CSRF rules.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CsrfPolicy {
+    /// Double-submit cookie or fixed header.
+    pub mode: CsrfMode,
+    /// Lower-case header the request must carry: `x-csrf-token` for double submit.
+    pub header: String,
+    /// Required header value in `header` mode; any non-empty value when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Also require `Origin` (or `Referer`) to be a CORS origin or the proxy's own.
+    pub check_origin: bool,
+}
+
+/// Header a double-submit request echoes the CSRF cookie in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Where a route's requests go.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

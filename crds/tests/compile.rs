@@ -139,6 +139,7 @@ fn full_setup_compiles_to_this_exact_snapshot() {
                     },
                     "storage": "auto",
                     "encryptionKeys": [{"name": "cookie-key", "key": "k1"}],
+                    "store": "memory",
                 },
             },
             "allowlists": {
@@ -758,4 +759,118 @@ fn the_older_rule_keeps_a_contested_tokenize_endpoint() {
             reasons::SECRET_NOT_FOUND
         );
     }
+}
+
+#[test]
+fn cors_allows_every_header_keygate_reads_on_the_route() {
+    let mut docs = full_setup();
+    docs.push(route(
+        "spa",
+        "
+        pathPrefix: /spa
+        allowlistRef: partners
+        auth: sessionChain
+        sessionChainRef: chain
+        exposeHeaders: [{name: Location, as: X-WHIP-Resource}]
+        csrf: {mode: header, headerName: X-CSRF}
+        cors: {allowOrigins: ['https://App.example'], allowHeaders: [X-Trace], exposeHeaders: [X-Request-Cost]}",
+    ));
+    let compiled = compile_docs(&docs);
+    let spa = compiled
+        .snapshot
+        .routes
+        .iter()
+        .find(|r| r.id == "shop/spa")
+        .expect("served");
+    let cors = serde_json::to_value(spa.cors.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        cors,
+        json!({
+            "allowOrigins": ["https://app.example"],
+            "allowMethods": ["DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"],
+            "allowHeaders": ["bt-proxy-url", "content-type", "x-api-key", "x-csrf", "x-request-id", "x-session-id", "x-trace"],
+            "exposeHeaders": ["x-keygate-chain", "x-request-cost", "x-whip-resource"],
+            "allowCredentials": false,
+            "maxAgeSeconds": 600
+        })
+    );
+}
+
+#[test]
+fn combinations_that_cannot_work_are_refused_with_the_fix() {
+    let no_routes = || -> Vec<String> {
+        full_setup()
+            .into_iter()
+            .filter(|d| !d.contains("kind: ProxyRoute"))
+            .collect()
+    };
+    assert_route_refused(
+        no_routes(),
+        "
+        upstream: https://a.example
+        cookieTranslationRef: login
+        cookiePassthrough: true",
+        "Invalid",
+        &[
+            "ProxyRoute/shop/t: spec.cookiePassthrough: cookiePassthrough would send the session cookie, and with it the token, to the upstream; remove cookiePassthrough or cookieTranslationRef",
+        ],
+    );
+    assert_route_refused(
+        no_routes(),
+        "
+        upstream: https://a.example
+        csrf: {mode: doubleSubmit}",
+        "Invalid",
+        &[
+            "ProxyRoute/shop/t: spec.csrf.mode: doubleSubmit compares against the CSRF cookie a CookieTranslation sets at session start; set cookieTranslationRef or use mode: header",
+        ],
+    );
+}
+
+#[test]
+fn a_cookie_key_that_is_not_32_bytes_is_named_not_shown() {
+    let docs = vec![
+        secret("cookie-key", &[("k1", "c2hvcnQta2V5LWRvLW5vdC1sZWFr")]),
+        shop(
+            "CookieTranslation",
+            "login",
+            "
+            header: {name: Authorization}
+            sessionStart: {path: /login, tokenPointer: /token}
+            encryptionKeys: [{name: cookie-key, key: k1}]",
+        ),
+    ];
+    let compiled = compile_docs(&docs);
+    assert_eq!(
+        problem_lines(&compiled, Kind::CookieTranslation, "login"),
+        [
+            "CookieTranslation/shop/login: spec.encryptionKeys[0]: Secret shop/cookie-key key \"k1\" must hold 32 random bytes, base64-encoded; create one with `openssl rand -base64 32`"
+        ]
+    );
+    assert!(
+        compiled.secrets.values.is_empty(),
+        "a refused resource ships no secret values"
+    );
+}
+
+#[test]
+fn an_api_key_secret_without_keys_is_refused() {
+    let docs = vec![
+        secret("app-keys", &[("web", "\n")]),
+        route(
+            "t",
+            "
+            upstream: https://a.example
+            auth: apiKey
+            apiKey: {keysSecretRef: {name: app-keys}}",
+        ),
+    ];
+    let compiled = compile_docs(&docs);
+    assert_eq!(report(&compiled, Kind::ProxyRoute, "t").reason, "SecretNotFound");
+    assert_eq!(
+        problem_lines(&compiled, Kind::ProxyRoute, "t"),
+        [
+            "ProxyRoute/shop/t: spec.apiKey.keysSecretRef: Secret shop/app-keys holds no API key; add one key per app (the key's name is the app's name, its value the app's keys, one per line)"
+        ]
+    );
 }

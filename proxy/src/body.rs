@@ -15,6 +15,51 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every request and response the proxy builds.
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// A body of `bytes`, for answers Keygate writes itself.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// Why [`read_to_limit`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The body is longer than the limit.
+    #[error("body exceeds {0} bytes")]
+    TooLarge(u64),
+    /// The body stream failed.
+    #[error("body could not be read: {0}")]
+    Failed(BoxError),
+}
+
+/// Buffers a whole body, refusing to hold more than `limit` bytes: for the stages that must read
+/// a body (the login answer, detokenized requests, tokenized answers). Trailers are dropped.
+pub async fn read_to_limit<B>(mut body: B, limit: u64) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.into()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() as u64 + data.len() as u64 > limit {
+                return Err(ReadError::TooLarge(limit));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
 /// Raised inside the stream when the limit is crossed; the proxy answers 413.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds {0} bytes")]

@@ -11,6 +11,10 @@ use http::uri::{Authority, Scheme};
 use keygate_crds::snapshot::{Destination, HeaderValue, Route, SNAPSHOT_FORMAT};
 use keygate_crds::{SecretSnapshot, Snapshot};
 
+use crate::apikeys::ApiKeys;
+use crate::external::{self, Allowlist};
+use crate::pipeline::cookie::CookieTranslation;
+use crate::pipeline::cors::Cors;
 use crate::router::Router;
 use crate::store::Stores;
 use crate::upstream::{ClientCache, ClientError, ClientKey, UpstreamClient};
@@ -81,6 +85,15 @@ pub struct LiveRoute {
     pub client: UpstreamClient,
     /// Time to response headers.
     pub request_timeout: Duration,
+    /// CORS rules.
+    pub cors: Option<Cors>,
+    /// The cookie translation the route uses.
+    pub cookie: Option<CookieTranslation>,
+    /// For `auth: apiKey`: the header carrying the key, and the keys.
+    pub api_keys: Option<(HeaderName, ApiKeys)>,
+    /// Every header that names a destination in this config: read by allowlist routes,
+    /// refused by fixed ones, never forwarded.
+    pub destination_headers: Arc<[HeaderName]>,
     /// The route's vault rules, when it references any.
     pub vault: Option<Arc<crate::vault::RouteVault>>,
 }
@@ -97,7 +110,7 @@ pub enum Target {
         base_path: String,
     },
     /// Chosen per request from an allowlist.
-    Allowlist,
+    Allowlist(Arc<Allowlist>),
 }
 
 /// One generation of live configuration.
@@ -163,8 +176,6 @@ impl Config {
     }
 }
 
-// TODO(stages): drop once the CORS/auth/chain/vault stages read `snapshot` and `stores`.
-#[allow(unused_variables)]
 fn build_route(
     route: &Route,
     snapshot: &Snapshot,
@@ -196,7 +207,9 @@ fn build_route(
                 base_path,
             }
         }
-        Destination::Allowlist { .. } => Target::Allowlist,
+        Destination::Allowlist { allowlist } => Target::Allowlist(Arc::new(
+            Allowlist::build(allowlist, snapshot).map_err(|m| bad("allowlistRef", m))?,
+        )),
     };
     let mut inject = Vec::with_capacity(route.forward_headers.len());
     for (i, h) in route.forward_headers.iter().enumerate() {
@@ -231,17 +244,54 @@ fn build_route(
             Ok((from, to))
         })
         .collect::<Result<_, ConfigError>>()?;
-    let ca = route.ca_bundle.as_ref().map(secret).transpose()?;
-    let (key, client) = clients
-        .get(
-            ca.map(String::as_str),
-            route.upstream_protocol,
-            Duration::from_millis(route.connect_timeout_ms),
-        )
-        .map_err(|source| ConfigError::Client {
-            route: route.id.clone(),
-            source,
-        })?;
+    let cors = route
+        .cors
+        .as_ref()
+        .map(Cors::new)
+        .transpose()
+        .map_err(|m| bad("cors", m))?;
+    let cookie = match &route.cookie_translation {
+        None => None,
+        Some(id) => {
+            let spec = snapshot
+                .cookie_translations
+                .get(id)
+                .ok_or_else(|| bad("cookieTranslation", format!("{id} is not in the snapshot")))?;
+            let built = CookieTranslation::build(id, spec, snapshot, secrets, stores)
+                .map_err(|(field, message)| bad(&format!("CookieTranslation {id}: {field}"), message))?;
+            Some(built)
+        }
+    };
+    let api_keys = match &route.api_key {
+        None => None,
+        Some(auth) => {
+            let name = auth.header.as_deref().unwrap_or("x-api-key");
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| bad("apiKey.header", format!("{name:?} is not a header name")))?;
+            let ns = route.id.split('/').next().unwrap_or_default();
+            Some((header, ApiKeys::from_secret(secrets, ns, &auth.keys_secret_ref.name)))
+        }
+    };
+    let connect_timeout = Duration::from_millis(route.connect_timeout_ms);
+    let (key, client) = match &target {
+        Target::Fixed { .. } => {
+            let ca = route.ca_bundle.as_ref().map(secret).transpose()?;
+            clients.get(ca.map(String::as_str), route.upstream_protocol, connect_timeout)
+        }
+        Target::Allowlist(list) => {
+            let ca = list
+                .ca_bundle
+                .as_ref()
+                .or(route.ca_bundle.as_ref())
+                .map(secret)
+                .transpose()?;
+            clients.get_external(ca.map(String::as_str), route.upstream_protocol, connect_timeout, list)
+        }
+    }
+    .map_err(|source| ConfigError::Client {
+        route: route.id.clone(),
+        source,
+    })?;
     Ok((
         key,
         LiveRoute {
@@ -252,6 +302,10 @@ fn build_route(
             renames,
             client,
             request_timeout: Duration::from_millis(route.request_timeout_ms),
+            cors,
+            cookie,
+            api_keys,
+            destination_headers: external::destination_headers(snapshot),
             vault: None,
         },
     ))

@@ -2,11 +2,9 @@
 //! [`ProxyError::into_response`] turns it into `{"proxy_error": {"code", "message", "route"}}`
 //! with the fitting status. Messages are fixed sentences or carry only non-secret facts.
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
 
-use crate::body::Body;
+use crate::body::{Body, full};
 
 /// Why the proxy answered instead of the upstream.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -29,9 +27,6 @@ pub enum ProxyError {
     /// The request cannot be forwarded as sent.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    /// The route's destination kind is not served by this build.
-    #[error("{0}")]
-    NotImplemented(&'static str),
     /// Opening the upstream connection took longer than the route's connect timeout.
     #[error("connecting to the upstream timed out")]
     UpstreamConnectTimeout,
@@ -47,6 +42,45 @@ pub enum ProxyError {
     /// The upstream broke the protocol or closed the connection mid-answer.
     #[error("the upstream failed while answering")]
     BadGateway,
+    /// A CORS preflight asked for something the route does not allow.
+    #[error("CORS preflight refused: {0}")]
+    CorsRejected(&'static str),
+    /// The route needs the session cookie and the request has none.
+    #[error("this route needs a session; sign in first")]
+    SessionRequired,
+    /// The session cookie was altered, or was sealed under a key no longer configured.
+    #[error("the session cookie is not valid; sign in again")]
+    SessionInvalid,
+    /// The session the cookie names is no longer held by the proxy.
+    #[error("the session has expired; sign in again")]
+    SessionExpired,
+    /// The login answer could not become a session cookie.
+    #[error("session start failed: {0}")]
+    SessionStartFailed(String),
+    /// No API key, or one that belongs to no app.
+    #[error("the API key is missing or not valid")]
+    InvalidApiKey,
+    /// A CSRF check failed.
+    #[error("CSRF check failed: {0}")]
+    CsrfFailed(&'static str),
+    /// The store holding sessions or tokens cannot be reached.
+    #[error("the session store is unavailable; try again shortly")]
+    StoreUnavailable,
+    /// The route takes its destination from a header the request did not send.
+    #[error("this route needs the destination base URL in the {0} header, e.g. {0}: https://api.example.com/v1")]
+    DestinationMissing(String),
+    /// The named destination is not a URL Keygate accepts.
+    #[error("the destination URL is invalid: {0}")]
+    DestinationInvalid(&'static str),
+    /// The named destination is well-formed, but the route's allowlist does not admit it.
+    #[error("the destination is not allowed: {0}")]
+    DestinationNotAllowed(String),
+    /// The destination's host resolves to an address the allowlist does not allow.
+    #[error("the destination host {0} resolves to a private, loopback or otherwise refused address")]
+    DestinationResolvesPrivate(String),
+    /// The route has a fixed upstream, yet the request names a destination.
+    #[error("this route's destination is fixed; remove the {0} header")]
+    DestinationFixed(String),
     /// A `{{ ... }}` expression does not follow the grammar.
     #[error("malformed token expression in the {place}: {reason}")]
     InvalidExpression {
@@ -72,9 +106,6 @@ pub enum ProxyError {
     /// The token store cannot be reached.
     #[error("the token vault is unavailable")]
     VaultUnavailable,
-    /// The tokenize endpoint's API key is missing or unknown.
-    #[error("the tokenize endpoint needs a valid API key in the {0} header")]
-    VaultUnauthorized(String),
     /// The tokenize endpoint may not create tokens of this classification.
     #[error("this classification may not be tokenized here: use one the vault rule permits")]
     ClassificationNotAllowed,
@@ -84,6 +115,14 @@ pub enum ProxyError {
     /// A JSON answer whose fields must be tokenized cannot be read.
     #[error("the upstream's answer cannot be tokenized: {0}")]
     ResponseNotTokenizable(&'static str),
+}
+
+/// A store failure reaches the client as 503; the cause is logged by the stage, with no key.
+impl From<crate::store::StoreError> for ProxyError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::warn!(error = %e, "store operation failed");
+        ProxyError::StoreUnavailable
+    }
 }
 
 impl ProxyError {
@@ -96,18 +135,29 @@ impl ProxyError {
             ProxyError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             ProxyError::BodyTooLarge(_) => "BODY_TOO_LARGE",
             ProxyError::BadRequest(_) => "BAD_REQUEST",
-            ProxyError::NotImplemented(_) => "NOT_IMPLEMENTED",
             ProxyError::UpstreamConnectTimeout => "UPSTREAM_CONNECT_TIMEOUT",
             ProxyError::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             ProxyError::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             ProxyError::UpstreamTls(_) => "UPSTREAM_TLS",
             ProxyError::BadGateway => "BAD_GATEWAY",
+            ProxyError::CorsRejected(_) => "CORS_REJECTED",
+            ProxyError::SessionRequired => "SESSION_REQUIRED",
+            ProxyError::SessionInvalid => "SESSION_INVALID",
+            ProxyError::SessionExpired => "SESSION_EXPIRED",
+            ProxyError::SessionStartFailed(_) => "SESSION_START_FAILED",
+            ProxyError::InvalidApiKey => "INVALID_API_KEY",
+            ProxyError::CsrfFailed(_) => "CSRF_FAILED",
+            ProxyError::StoreUnavailable => "SESSION_STORE_UNAVAILABLE",
+            ProxyError::DestinationMissing(_) => "DESTINATION_MISSING",
+            ProxyError::DestinationInvalid(_) => "DESTINATION_INVALID",
+            ProxyError::DestinationNotAllowed(_) => "DESTINATION_NOT_ALLOWED",
+            ProxyError::DestinationResolvesPrivate(_) => "DESTINATION_RESOLVES_PRIVATE",
+            ProxyError::DestinationFixed(_) => "DESTINATION_FIXED",
             ProxyError::InvalidExpression { .. } => "INVALID_EXPRESSION",
             ProxyError::TooManyTokens(_) => "TOO_MANY_TOKENS",
             ProxyError::TokenNotFound(_) => "TOKEN_NOT_FOUND",
             ProxyError::TokenNotPermitted { .. } => "TOKEN_NOT_PERMITTED",
             ProxyError::VaultUnavailable => "VAULT_UNAVAILABLE",
-            ProxyError::VaultUnauthorized(_) => "VAULT_UNAUTHORIZED",
             ProxyError::ClassificationNotAllowed => "CLASSIFICATION_NOT_ALLOWED",
             ProxyError::ResponseTooLarge(_) => "RESPONSE_TOO_LARGE",
             ProxyError::ResponseNotTokenizable(_) => "RESPONSE_NOT_TOKENIZABLE",
@@ -123,17 +173,26 @@ impl ProxyError {
             ProxyError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamUnavailable | ProxyError::UpstreamTls(_) | ProxyError::BadGateway => {
-                StatusCode::BAD_GATEWAY
+            ProxyError::UpstreamUnavailable
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::BadGateway
+            | ProxyError::SessionStartFailed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::CorsRejected(_) | ProxyError::CsrfFailed(_) => StatusCode::FORBIDDEN,
+            ProxyError::SessionRequired
+            | ProxyError::SessionInvalid
+            | ProxyError::SessionExpired
+            | ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ProxyError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::DestinationMissing(_) | ProxyError::DestinationInvalid(_) | ProxyError::DestinationFixed(_) => {
+                StatusCode::BAD_REQUEST
             }
+            ProxyError::DestinationNotAllowed(_) | ProxyError::DestinationResolvesPrivate(_) => StatusCode::FORBIDDEN,
             ProxyError::InvalidExpression { .. } | ProxyError::TooManyTokens(_) | ProxyError::TokenNotFound(_) => {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::TokenNotPermitted { .. } | ProxyError::ClassificationNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::VaultUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::VaultUnauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::ResponseTooLarge(_) | ProxyError::ResponseNotTokenizable(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -147,11 +206,7 @@ impl ProxyError {
                 "route": route,
             }
         });
-        let mut resp = Response::new(
-            Full::new(Bytes::from(body.to_string()))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
+        let mut resp = Response::new(full(body.to_string()));
         *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -167,6 +222,7 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     #[tokio::test]
     async fn error_body_is_the_proxy_error_shape() {

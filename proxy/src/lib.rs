@@ -10,6 +10,7 @@ pub mod apikeys;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod external;
 pub mod metrics;
 pub mod pipeline;
 pub mod process;

@@ -13,10 +13,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::body::{Body, LimitedBody};
-use crate::config::{Config, LiveRoute, Target};
+use crate::config::{Config, LiveRoute};
 use crate::error::ProxyError;
+use crate::external::{self, resolve::Refused};
 use crate::metrics::Metrics;
-use crate::pipeline::{limits, request, response};
+use crate::pipeline::cookie::Step;
+use crate::pipeline::cors::Cors;
+use crate::pipeline::{auth, csrf, limits, request, response};
 use crate::store::Stores;
 use crate::upstream::ClientCache;
 use crate::vault;
@@ -53,6 +56,12 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
         .and_then(|c| c.route(req.uri().path()))
         .filter(|_| endpoint.is_none())
         .cloned();
+    // CORS headers go on every answer of a CORS route, Keygate's own errors included, so the
+    // page can read them; the Origin is kept before the request is consumed.
+    let cors_origin = route
+        .as_ref()
+        .filter(|r| r.cors.is_some() && !Cors::is_preflight_request(&req))
+        .map(|_| req.headers().get(http::header::ORIGIN).cloned());
     let result = match (&config, &route, &endpoint) {
         (_, _, Some(endpoint)) => endpoint.serve(&shared.metrics, req).await,
         (None, _, _) => Err(ProxyError::NotReady),
@@ -60,13 +69,16 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
         (Some(_), Some(route), _) => forward(&shared, route, req, peer).await,
     };
     let route_id = route.as_ref().map(|r| &r.id).or(endpoint.as_ref().map(|e| e.id()));
-    let (resp, code) = match result {
+    let (mut resp, code) = match result {
         Ok(resp) => (resp, None),
         Err(e) => {
             let code = e.code();
             (e.into_response(route_id.map(|id| &**id)), Some(code))
         }
     };
+    if let (Some(cors), Some(origin)) = (route.as_ref().and_then(|r| r.cors.as_ref()), cors_origin) {
+        cors.decorate(origin.as_ref(), resp.headers_mut());
+    }
     let status = resp.status().as_u16();
     shared.metrics.request(route_id, status);
     if let Some((method, path)) = access {
@@ -90,20 +102,32 @@ async fn forward(
     peer: SocketAddr,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
+    if let Some(cors) = &route.cors
+        && Cors::is_preflight(&parts)
+    {
+        return cors.preflight(&parts);
+    }
     limits::check(&route.spec, &parts)?;
-    let Target::Fixed {
-        scheme,
-        authority,
-        base_path,
-    } = &route.target
-    else {
-        return Err(ProxyError::NotImplemented(
-            "destinations named by the client (allowlistRef) are not served by this version",
-        ));
-    };
+    let step = route.cookie.as_ref().map_or(Step::Translate, |c| c.step(&parts));
+    let caller = auth::authenticate(route, &mut parts, step, &shared.metrics).await?;
+    csrf::check(route, &parts, step)?;
+    if let (Step::Logout, Some(cookie)) = (step, &route.cookie) {
+        return cookie.logout(&parts.headers).await;
+    }
+    let base = external::destination(route, &mut parts.headers)?;
     // Headers first: an HTTP/2 client's host is the request URI's authority, about to be replaced.
     request::rewrite_headers(route, &mut parts, peer);
-    parts.uri = request::upstream_uri(route, scheme, authority, base_path, &parts.uri)?;
+    if let Some((name, value)) = caller.upstream_auth {
+        parts.headers.insert(name, value);
+    }
+    if step == Step::SessionStart {
+        // The login answer is parsed here, so it must arrive uncompressed.
+        parts.headers.insert(
+            http::header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+    }
+    parts.uri = request::upstream_uri(route, &base.scheme, &base.authority, &base.base_path, &parts.uri)?;
     // The client connection picks HTTP/1.1 or HTTP/2 for the upstream hop itself.
     parts.version = Version::HTTP_11;
 
@@ -130,7 +154,11 @@ async fn forward(
     let (mut parts, body) = upstream.into_parts();
     response::rewrite_headers(route, &mut parts);
     let body = vault::tokenize(route, &mut parts, body.map_err(Into::into).boxed()).await?;
-    Ok(Response::from_parts(parts, body))
+    let resp = Response::from_parts(parts, body);
+    match (step, &route.cookie) {
+        (Step::SessionStart, Some(cookie)) => cookie.start(resp, route.spec.body_limit).await,
+        _ => Ok(resp),
+    }
 }
 
 /// Names the failure the way a person debugging an upstream would want it named.
@@ -139,6 +167,9 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     while let Some(err) = source {
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
             return ProxyError::UpstreamTls(tls.to_string());
+        }
+        if let Some(refused) = err.downcast_ref::<Refused>() {
+            return ProxyError::DestinationResolvesPrivate(refused.host.clone());
         }
         source = match err.downcast_ref::<std::io::Error>() {
             Some(io) if io.kind() == std::io::ErrorKind::TimedOut && e.is_connect() => {

@@ -58,6 +58,9 @@ pub async fn serve_proxy(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32);
+    if let Ok(addr) = listener.local_addr() {
+        shared.clients.network.add_listener(addr);
+    }
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -183,6 +186,9 @@ where
 
 /// Serves the proxy's admin endpoints until `shutdown` resolves.
 pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    if let Ok(addr) = listener.local_addr() {
+        shared.clients.network.add_listener(addr);
+    }
     serve_plain(listener, shutdown, move |path| admin(&shared, path)).await
 }
 

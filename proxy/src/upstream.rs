@@ -1,6 +1,8 @@
 //! Upstream HTTP clients: pooled, HTTP/1.1 and HTTP/2 (by ALPN or prior knowledge), rustls with
 //! the public webpki roots plus a route's own CA bundle. Clients are cached by what makes them
-//! differ, so connection pools survive config reloads.
+//! differ, so connection pools survive config reloads. Every client resolves names through the
+//! cache's [`Network`]; a client for client-named destinations also guards each address (see
+//! [`crate::external`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,9 +18,12 @@ use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 
 use crate::body::Body;
+use crate::external::Allowlist;
+use crate::external::guard::Guard;
+use crate::external::resolve::{Network, Resolver};
 
 /// A pooled client for one kind of upstream.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector<Resolver>>, Body>;
 
 /// What makes two routes need different clients.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -29,6 +34,10 @@ pub struct ClientKey {
     pub protocol: u8,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// For client-named destinations: the addresses the allowlist admits.
+    pub guard: Option<Guard>,
+    /// TLS 1.3 only (`minTls: "1.3"`).
+    pub tls13_only: bool,
 }
 
 /// Why a client could not be built.
@@ -49,26 +58,61 @@ pub enum ClientError {
 #[derive(Default)]
 pub struct ClientCache {
     clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+    /// How every client resolves names, and the proxy's own listeners.
+    pub network: Network,
 }
 
 impl ClientCache {
-    /// The client for these settings, built on first use.
+    /// A cache whose clients resolve and guard through `network`.
+    pub fn new(network: Network) -> ClientCache {
+        ClientCache {
+            clients: Mutex::default(),
+            network,
+        }
+    }
+
+    /// The client for a fixed upstream with these settings, built on first use.
     pub fn get(
         &self,
         ca_pem: Option<&str>,
         protocol: UpstreamProtocol,
         connect_timeout: Duration,
     ) -> Result<(ClientKey, UpstreamClient), ClientError> {
+        self.get_keyed(ca_pem, protocol, connect_timeout, None, false)
+    }
+
+    /// The client for destinations `allowlist` admits: guarded resolution, its TLS floor.
+    pub fn get_external(
+        &self,
+        ca_pem: Option<&str>,
+        protocol: UpstreamProtocol,
+        connect_timeout: Duration,
+        allowlist: &Allowlist,
+    ) -> Result<(ClientKey, UpstreamClient), ClientError> {
+        let guard = Some(allowlist.guard.clone());
+        self.get_keyed(ca_pem, protocol, connect_timeout, guard, allowlist.tls13_only)
+    }
+
+    fn get_keyed(
+        &self,
+        ca_pem: Option<&str>,
+        protocol: UpstreamProtocol,
+        connect_timeout: Duration,
+        guard: Option<Guard>,
+        tls13_only: bool,
+    ) -> Result<(ClientKey, UpstreamClient), ClientError> {
         let key = ClientKey {
             ca_bundle: ca_pem.map(|pem| Sha256::digest(pem.as_bytes()).into()),
             protocol: protocol as u8,
             connect_timeout,
+            guard,
+            tls13_only,
         };
         let mut clients = self.clients.lock().expect("client cache lock");
         if let Some(c) = clients.get(&key) {
             return Ok((key, c.clone()));
         }
-        let client = build_client(ca_pem, protocol, connect_timeout)?;
+        let client = build_client(&key, ca_pem, protocol, &self.network)?;
         clients.insert(key.clone(), client.clone());
         Ok((key, client))
     }
@@ -82,10 +126,14 @@ impl ClientCache {
     }
 }
 
+/// `minTls: "1.3"`; otherwise rustls' defaults (1.3 preferred, 1.2 accepted, nothing older).
+const TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
 fn build_client(
+    key: &ClientKey,
     ca_pem: Option<&str>,
     protocol: UpstreamProtocol,
-    connect_timeout: Duration,
+    network: &Network,
 ) -> Result<UpstreamClient, ClientError> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -102,14 +150,18 @@ fn build_client(
         }
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
+        .with_protocol_versions(if key.tls13_only {
+            TLS13_ONLY
+        } else {
+            rustls::DEFAULT_VERSIONS
+        })?
         .with_root_certificates(roots)
         .with_no_client_auth();
 
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(Resolver::new(network.clone(), key.guard.clone()));
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
+    http.set_connect_timeout(Some(key.connect_timeout));
 
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)

@@ -432,15 +432,9 @@ async fn the_tokenize_endpoint(store: Store) {
     let key = [("x-api-key", APP_KEY)];
 
     let got = post(&url, "application/json", one.clone(), &[]).await;
-    assert_eq!(
-        (got.status.as_u16(), got.error_code()),
-        (401, "VAULT_UNAUTHORIZED".into())
-    );
+    assert_eq!((got.status.as_u16(), got.error_code()), (401, "INVALID_API_KEY".into()));
     let got = post(&url, "application/json", one.clone(), &[("x-api-key", "wrong")]).await;
-    assert_eq!(
-        (got.status.as_u16(), got.error_code()),
-        (401, "VAULT_UNAUTHORIZED".into())
-    );
+    assert_eq!((got.status.as_u16(), got.error_code()), (401, "INVALID_API_KEY".into()));
     let got = get(&url, &key).await;
     assert_eq!(got.error_code(), "METHOD_NOT_ALLOWED");
     let other = json!({"data": "endpoint-data-7Y", "classification": "secret-stuff"}).to_string();

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{SecretKeyRef, Status};
 use super::route::HttpMethod;
+use super::vault::StoreKind;
 
 /// Turns a token from a login answer into an HttpOnly cookie, and that cookie into the
 /// upstream's auth header on every route that references this resource.
@@ -27,6 +28,8 @@ use super::route::HttpMethod;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.store != 'none'").message("store must be memory or redis"))]
+#[x_kube(validation = Rule::new("self.store != 'redis' || has(self.redisUrl)").message("store: redis needs redisUrl"))]
 pub struct CookieTranslationSpec {
     /// The cookie Keygate sets in the browser.
     #[serde(default)]
@@ -48,6 +51,17 @@ pub struct CookieTranslationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub encryption_keys: Vec<SecretKeyRef>,
+    /// Where server-side tokens live: `memory` (one proxy replica) or `redis` (shared by every
+    /// replica, so a handle set by one is honoured by all). Default `memory`.
+    #[serde(default = "default_store")]
+    pub store: StoreKind,
+    /// Redis URL (`redis://` or `rediss://`, password included) for `store: redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<SecretKeyRef>,
+}
+
+fn default_store() -> StoreKind {
+    StoreKind::Memory
 }
 
 /// Cookie attributes. HttpOnly is always set.

@@ -1,8 +1,14 @@
 //! The request pipeline, one stage per module, in the order a request meets them:
-//! [`limits`] (method, content type, body size) → [`request`] (the upstream request: URL, header
-//! hygiene, injected headers) → upstream (see [`crate::proxy`]) → [`response`] (header hygiene
-//! and renames on the way back). Later stages (CORS, auth, destinations, vault) slot in between.
+//! [`cors`] (preflights answered here) → [`limits`] (method, content type, body size) →
+//! [`cookie`] (session start and logout intercepted) → [`auth`] (cookie translated, API key
+//! checked) → [`csrf`] (unsafe methods) → [`request`] (the upstream request: URL, header hygiene,
+//! injected headers) → upstream (see [`crate::proxy`]) → [`response`] (header hygiene and renames
+//! on the way back; the login answer becomes a cookie; CORS headers on every answer).
 
+pub mod auth;
+pub mod cookie;
+pub mod cors;
+pub mod csrf;
 pub mod limits;
 pub mod request;
 pub mod response;

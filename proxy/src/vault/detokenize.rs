@@ -169,7 +169,8 @@ pub(super) async fn request(
     };
     let mut headers = Vec::new();
     for (k, (name, value)) in parts.headers.iter().enumerate() {
-        if !expr::has_open(value.as_bytes()) || skip.iter().any(|(n, _)| n == name) {
+        // Sensitive values are Keygate's own (secrets, the translated session cookie), never the client's.
+        if !expr::has_open(value.as_bytes()) || value.is_sensitive() || skip.iter().any(|(n, _)| n == name) {
             continue;
         }
         if let Some(unit) = scan.unit(Part::Header(name.clone()), Bytes::copy_from_slice(value.as_bytes()))? {

@@ -93,7 +93,7 @@ impl Endpoint {
             .map(HeaderValue::as_bytes)
             .unwrap_or_default();
         let Some(app) = self.keys.app(presented) else {
-            return Err(ProxyError::VaultUnauthorized(self.header.to_string()));
+            return Err(ProxyError::InvalidApiKey);
         };
         metrics.app_request(&self.rule.id, app);
         let raw = match collect(req.into_body().map_err(Into::into).boxed(), MAX_BODY).await {

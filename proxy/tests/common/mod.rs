@@ -2,15 +2,20 @@
 //! upstream and client shared with the end-to-end tests (`keygate_tests`).
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keygate_proxy::external::resolve::{Network, Resolve};
 use keygate_proxy::proxy::Shared;
 use keygate_proxy::server::{ListenerLimits, serve_proxy};
 use keygate_proxy::source::{self, Source};
+use keygate_proxy::upstream::ClientCache;
 pub use keygate_tests::*;
 use tokio::net::TcpListener;
 
@@ -30,9 +35,24 @@ impl Proxy {
         Proxy::start_on(source, dir).await
     }
 
+    /// [`Proxy::start`] with upstream names resolved by `resolver` instead of the system.
+    pub async fn start_resolving(manifests: &str, resolver: impl Resolve) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keygate.yaml"), manifests).unwrap();
+        let shared = Shared {
+            clients: ClientCache::new(Network::new(Arc::new(resolver))),
+            ..Shared::default()
+        };
+        Proxy::launch(Source::Manifests(dir.path().to_path_buf()), dir, shared).await
+    }
+
     /// Starts a proxy on any source; `dir` is kept alive with it.
     pub async fn start_on(source: Source, dir: tempfile::TempDir) -> Proxy {
-        let shared = Arc::new(Shared::default());
+        Proxy::launch(source, dir, Shared::default()).await
+    }
+
+    async fn launch(source: Source, dir: tempfile::TempDir, shared: Shared) -> Proxy {
+        let shared = Arc::new(shared);
         let (digest, _) =
             source::load_once(&source, &shared).unwrap_or_else(|e| panic!("test manifests do not load: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -96,4 +116,14 @@ pub fn secret_yaml(name: &str, data: &BTreeMap<&str, &str>) -> String {
     }
     s.push_str("---\n");
     s
+}
+
+/// How long a test waits for one step before failing instead of hanging.
+pub const LIMIT: Duration = Duration::from_secs(15);
+
+/// Awaits `f`, failing the test instead of hanging when it takes too long.
+pub async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {LIMIT:?}"))
 }
