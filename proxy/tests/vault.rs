@@ -575,3 +575,46 @@ async fn dynamic_tokens_survive_a_reload() {
     assert_eq!(got.status, 200, "{:?}", got.body);
     assert_eq!(body_str(&upstream.last()), "kept-across-reloads");
 }
+
+#[tokio::test]
+async fn answers_that_cannot_be_tokenized_never_reach_the_browser() {
+    let (_p, upstream, _j) = setup(Store::Memory).await;
+    let odd = Upstream::start(|seen| async move {
+        let (ct, ce, body) = match seen.uri.as_str() {
+            "/broken" => (
+                "application/json",
+                None,
+                format!("{{\"card\": {{\"number\": \"{ANSWER_NUMBER}\""),
+            ),
+            "/gzip" => ("application/json", Some("gzip"), ANSWER_NUMBER.to_string()),
+            _ => ("text/plain", None, format!("card {ANSWER_NUMBER}")),
+        };
+        let mut b = Response::builder().header("content-type", ct);
+        if let Some(ce) = ce {
+            b = b.header("content-encoding", ce);
+        }
+        b.body(Full::new(Bytes::from(body))).unwrap()
+    })
+    .await;
+    let proxy = Proxy::start(&manifests(&upstream.url(), &odd.url(), &Store::Memory)).await;
+    let got = get(&proxy.url("/cards/broken"), &[("accept-encoding", "gzip, br")]).await;
+    assert_eq!(
+        (got.status.as_u16(), got.error_code()),
+        (502, "RESPONSE_NOT_TOKENIZABLE".into())
+    );
+    assert_eq!(
+        odd.last().headers["accept-encoding"],
+        "identity",
+        "answers are asked for uncompressed"
+    );
+    let got = get(&proxy.url("/cards/gzip"), &[]).await;
+    assert_eq!(
+        (got.status.as_u16(), got.error_code()),
+        (502, "RESPONSE_NOT_TOKENIZABLE".into())
+    );
+    assert!(!String::from_utf8_lossy(&got.body).contains(ANSWER_NUMBER));
+    // Only JSON answers are tokenized; others pass as they are.
+    let got = get(&proxy.url("/cards/text"), &[]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, format!("card {ANSWER_NUMBER}"));
+}

@@ -157,3 +157,24 @@ fn unavailable(rule: &VaultRule, e: StoreError) -> ProxyError {
 fn is_json(media: &str) -> bool {
     media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    fn body(n: usize) -> Body {
+        Full::new(Bytes::from(vec![b'x'; n]))
+            .map_err(|never| match never {})
+            .boxed()
+    }
+
+    #[tokio::test]
+    async fn collect_names_the_limit_that_was_crossed() {
+        assert_eq!(collect(body(5), 5).await.ok().map(|b| b.len()), Some(5));
+        assert!(matches!(collect(body(6), 5).await, Err(Collected::TooLarge(5))));
+        // A limit already wrapped around the body (the route's bodyLimit) is reported as such.
+        let limited = LimitedBody::new(body(6), 3, Default::default()).boxed();
+        assert!(matches!(collect(limited, 100).await, Err(Collected::TooLarge(3))));
+    }
+}
