@@ -11,6 +11,7 @@ use http::uri::{Authority, Scheme};
 use keygate_crds::snapshot::{Destination, HeaderValue, Route, SNAPSHOT_FORMAT};
 use keygate_crds::{SecretSnapshot, Snapshot};
 
+use crate::pipeline::chain::{ChainPolicy, Chains};
 use crate::router::Router;
 use crate::store::Stores;
 use crate::upstream::{ClientCache, ClientError, ClientKey, UpstreamClient};
@@ -55,6 +56,16 @@ pub enum ConfigError {
         /// Cause.
         source: ClientError,
     },
+    /// A policy (session chain, vault rule) field cannot be used.
+    #[error("policy {policy}: {field}: {message}")]
+    Policy {
+        /// `namespace/name` of the policy.
+        policy: String,
+        /// Field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// A route ready to serve.
@@ -73,6 +84,8 @@ pub struct LiveRoute {
     pub client: UpstreamClient,
     /// Time to response headers.
     pub request_timeout: Duration,
+    /// The session-chain policy every request must satisfy (`sessionChainRef`).
+    pub chain: Option<Arc<ChainPolicy>>,
 }
 
 /// A route's destination, parsed.
@@ -96,6 +109,7 @@ pub struct Config {
     pub hash: String,
     router: Router<Arc<LiveRoute>>,
     client_keys: Vec<ClientKey>,
+    chains: Chains,
 }
 
 impl Config {
@@ -116,10 +130,12 @@ impl Config {
                 found: secrets.snapshot_hash.clone(),
             });
         }
+        let chains = Chains::build(snapshot, secrets, stores)?;
         let mut client_keys = Vec::new();
         let mut entries = Vec::with_capacity(snapshot.routes.len());
         for route in &snapshot.routes {
-            let (key, live) = build_route(route, snapshot, secrets, clients, stores)?;
+            let (key, mut live) = build_route(route, snapshot, secrets, clients, stores)?;
+            live.chain = chains.for_route(route)?;
             if !client_keys.contains(&key) {
                 client_keys.push(key);
             }
@@ -129,12 +145,18 @@ impl Config {
             hash,
             router: Router::new(entries),
             client_keys,
+            chains,
         })
     }
 
     /// The route serving `path`.
     pub fn route(&self, path: &str) -> Option<&Arc<LiveRoute>> {
         self.router.lookup(path)
+    }
+
+    /// The session-chain policy whose create path is exactly `path`; checked before routing.
+    pub fn session_create(&self, path: &str) -> Option<&Arc<ChainPolicy>> {
+        self.chains.create_path(path)
     }
 
     /// Number of routes.
@@ -237,6 +259,7 @@ fn build_route(
             renames,
             client,
             request_timeout: Duration::from_millis(route.request_timeout_ms),
+            chain: None,
         },
     ))
 }

@@ -16,7 +16,7 @@ use crate::body::{Body, LimitedBody};
 use crate::config::{Config, LiveRoute, Target};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::pipeline::{limits, request, response};
+use crate::pipeline::{chain, limits, ratelimit, request, response};
 use crate::store::Stores;
 use crate::upstream::ClientCache;
 
@@ -42,11 +42,21 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
     let access = tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
     let config = shared.config.load_full();
-    let route = config.as_ref().and_then(|c| c.route(req.uri().path())).cloned();
-    let result = match (&config, &route) {
-        (None, _) => Err(ProxyError::NotReady),
-        (Some(_), None) => Err(ProxyError::RouteNotFound),
-        (Some(_), Some(route)) => forward(&shared, route, req, peer).await,
+    // Session-create paths are Keygate's own endpoints and win over any route prefix.
+    let create = config
+        .as_ref()
+        .and_then(|c| c.session_create(req.uri().path()))
+        .cloned();
+    let route = config
+        .as_ref()
+        .filter(|_| create.is_none())
+        .and_then(|c| c.route(req.uri().path()))
+        .cloned();
+    let result = match (&config, &route, &create) {
+        (_, _, Some(policy)) => chain::create(&shared, policy, req).await,
+        (None, _, _) => Err(ProxyError::NotReady),
+        (Some(_), None, _) => Err(ProxyError::RouteNotFound),
+        (Some(_), Some(route), _) => forward(&shared, route, req, peer).await,
     };
     let route_id = route.as_ref().map(|r| &r.id);
     let (resp, code) = match result {
@@ -80,6 +90,19 @@ async fn forward(
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     limits::check(&route.spec, &parts)?;
+    ratelimit::check(shared, route, &parts, peer).await?;
+    let advanced = chain::check(shared, route, &mut parts).await?;
+    chain::signal(advanced, send(shared, route, parts, body, peer).await)
+}
+
+/// Sends the request upstream and passes the answer back.
+async fn send(
+    shared: &Shared,
+    route: &LiveRoute,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ProxyError> {
     let Target::Fixed {
         scheme,
         authority,

@@ -3,7 +3,9 @@
 //! hygiene, injected headers) → upstream (see [`crate::proxy`]) → [`response`] (header hygiene
 //! and renames on the way back). Later stages (CORS, auth, destinations, vault) slot in between.
 
+pub mod chain;
 pub mod limits;
+pub mod ratelimit;
 pub mod request;
 pub mod response;
 

@@ -1,0 +1,318 @@
+//! The session chain (`SessionChainPolicy`): a frontend's API key is public, so a request is
+//! accepted only if it also carries the next link of a hash chain that only the live browser
+//! session can continue. Copied (cURL) and replayed requests carry a link that was already used.
+//!
+//! Data flow: [`Chains::build`] turns the snapshot's policies that served routes use into
+//! [`ChainPolicy`]s (header names, hashed API keys, TTL, the store), once per config. `POST
+//! <createPath>` is answered by [`create`] before routing: an app key buys a random 256-bit
+//! session id, stored as the chain's first link. On a chain route, [`check`] reads the session's
+//! record, verifies `x-request-id == SHA256_hex(last)` in constant time, and advances `last` with
+//! one compare-and-set — on Redis a server-side script, so of two replicas racing for the same
+//! link exactly one wins. The chain advances when Keygate accepts, before the upstream answers;
+//! [`signal`] tells the client so (`x-keygate-chain: advanced`), also when the upstream fails.
+//!
+//! Stored per session, under `store::key("chain", policy, session_id)` (the raw id is never a
+//! key): `<app>\n<last link>`, expiring after the policy's TTL, refreshed on every accepted link.
+//! Session ids and links are logged only as an 8-hex-digit fingerprint of their SHA-256.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use keygate_crds::resources::common::parse_duration_ms;
+use keygate_crds::resources::vault::StoreKind;
+use keygate_crds::snapshot::secret_id;
+use keygate_crds::{SecretSnapshot, Snapshot};
+use sha2::{Digest, Sha256};
+
+use crate::apikeys::ApiKeys;
+use crate::body::Body;
+use crate::config::{ConfigError, LiveRoute};
+use crate::error::ProxyError;
+use crate::proxy::Shared;
+use crate::seal::{constant_time_eq, random_token};
+use crate::store::{self, Store, StoreError, Stores};
+
+/// Response header that tells the client its chain moved on.
+pub const ADVANCED_HEADER: HeaderName = HeaderName::from_static("x-keygate-chain");
+/// [`ADVANCED_HEADER`]'s value.
+pub const ADVANCED: &str = "advanced";
+
+/// Largest session-create body; it holds one small JSON object.
+const CREATE_BODY_LIMIT: usize = 4096;
+/// Longest wait for the session-create body.
+const CREATE_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of randomness in a session id.
+const SESSION_ID_BYTES: usize = 32;
+
+/// One `SessionChainPolicy`, ready to serve.
+pub struct ChainPolicy {
+    /// `namespace/name`.
+    pub id: Arc<str>,
+    /// Path answered by [`create`].
+    pub create_path: String,
+    api_key: HeaderName,
+    session_id: HeaderName,
+    request_id: HeaderName,
+    keys: ApiKeys,
+    ttl: Duration,
+    /// Where sessions live; per-app and per-session rate limits use it too.
+    pub store: Arc<dyn Store>,
+}
+
+impl ChainPolicy {
+    /// The app whose API key the request carries.
+    pub fn app(&self, parts: &Parts) -> Option<&Arc<str>> {
+        self.keys.app(parts.headers.get(&self.api_key)?.as_bytes())
+    }
+
+    /// The session id the request carries (unchecked).
+    pub fn session<'p>(&self, parts: &'p Parts) -> Option<&'p [u8]> {
+        parts.headers.get(&self.session_id).map(HeaderValue::as_bytes)
+    }
+
+    fn record_key(&self, session_id: &[u8]) -> String {
+        store::key("chain", &self.id, session_id)
+    }
+}
+
+/// The policies of one config generation: those at least one served route uses, by id and by
+/// create path. A policy no route uses opens no endpoint.
+#[derive(Default)]
+pub struct Chains {
+    by_id: HashMap<String, Arc<ChainPolicy>>,
+    by_create_path: HashMap<String, Arc<ChainPolicy>>,
+}
+
+impl Chains {
+    /// Builds the policies the snapshot's routes use. Redis stores come from `stores`, so a
+    /// reload keeps their connections.
+    pub fn build(snapshot: &Snapshot, secrets: &SecretSnapshot, stores: &Stores) -> Result<Chains, ConfigError> {
+        let mut chains = Chains::default();
+        for id in snapshot.routes.iter().filter_map(|r| r.session_chain.as_ref()) {
+            if chains.by_id.contains_key(id) {
+                continue;
+            }
+            // A route naming a missing policy is reported by `for_route`, with the route's name.
+            let Some(spec) = snapshot.session_policies.get(id) else {
+                continue;
+            };
+            let bad = |field: &str, message: String| ConfigError::Policy {
+                policy: id.clone(),
+                field: field.into(),
+                message,
+            };
+            let (namespace, _) = id.split_once('/').unwrap_or(("", id));
+            let header = |field: &str, name: &str| {
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| bad(field, format!("{name:?} is not a header name")))
+            };
+            let ttl = parse_duration_ms(&spec.ttl)
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| bad("ttl", format!("{:?} is not a positive duration such as 30m", spec.ttl)))?;
+            let store = match spec.store {
+                StoreKind::Redis => {
+                    let url_ref = spec
+                        .redis_url
+                        .as_ref()
+                        .ok_or_else(|| bad("redisUrl", "store: redis needs redisUrl".into()))?;
+                    let secret = secret_id(namespace, &url_ref.name, &url_ref.key);
+                    let url = secrets.values.get(&secret).ok_or_else(|| {
+                        bad(
+                            "redisUrl",
+                            format!("secret {secret} is missing from the secret snapshot"),
+                        )
+                    })?;
+                    stores
+                        .redis(url.trim())
+                        .map_err(|e| bad("redisUrl", format!("secret {secret}: {e}")))?
+                }
+                StoreKind::Memory | StoreKind::None => stores.memory(),
+            };
+            let policy = Arc::new(ChainPolicy {
+                id: Arc::from(id.as_str()),
+                create_path: spec.create_path.clone(),
+                api_key: header("headers.apiKey", &spec.headers.api_key)?,
+                session_id: header("headers.sessionId", &spec.headers.session_id)?,
+                request_id: header("headers.requestId", &spec.headers.request_id)?,
+                keys: ApiKeys::from_secret(secrets, namespace, &spec.api_keys_secret_ref.name),
+                ttl: Duration::from_millis(ttl),
+                store,
+            });
+            if let Some(other) = chains.by_create_path.insert(spec.create_path.clone(), policy.clone()) {
+                return Err(bad(
+                    "createPath",
+                    format!(
+                        "{} is also the createPath of {}; give each policy its own path",
+                        spec.create_path, other.id
+                    ),
+                ));
+            }
+            chains.by_id.insert(id.clone(), policy);
+        }
+        Ok(chains)
+    }
+
+    /// The policy of `route`, if it names one.
+    pub fn for_route(&self, route: &keygate_crds::snapshot::Route) -> Result<Option<Arc<ChainPolicy>>, ConfigError> {
+        let Some(id) = &route.session_chain else {
+            return Ok(None);
+        };
+        self.by_id.get(id).cloned().map(Some).ok_or_else(|| ConfigError::Route {
+            route: route.id.clone(),
+            field: "sessionChain".into(),
+            message: format!("session-chain policy {id} is not in the snapshot"),
+        })
+    }
+
+    /// The policy whose create path is exactly `path`.
+    pub fn create_path(&self, path: &str) -> Option<&Arc<ChainPolicy>> {
+        self.by_create_path.get(path)
+    }
+}
+
+/// First 8 hex digits of the SHA-256 of a secret: enough to follow one session through the
+/// logs, useless for continuing it.
+fn fingerprint(secret: &[u8]) -> String {
+    hex::encode(&Sha256::digest(secret)[..4])
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn unavailable(policy: &ChainPolicy, e: StoreError) -> ProxyError {
+    tracing::warn!(policy = %policy.id, error = %e, "session store unavailable");
+    ProxyError::SessionStoreUnavailable
+}
+
+/// Answers `POST <createPath>`: checks the app key and the `{"machine_id": ...}` body, stores a
+/// new session and returns `{"session_id": ...}`.
+pub async fn create(
+    shared: &Shared,
+    policy: &ChainPolicy,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    if parts.method != Method::POST {
+        return Err(ProxyError::MethodNotAllowed(parts.method.to_string()));
+    }
+    let app = policy.app(&parts).ok_or(ProxyError::InvalidApiKey)?.clone();
+    let body = match tokio::time::timeout(CREATE_BODY_TIMEOUT, Limited::new(body, CREATE_BODY_LIMIT).collect()).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ProxyError::BodyTooLarge(CREATE_BODY_LIMIT as u64));
+        }
+        _ => return Err(ProxyError::BadRequest("the session request body could not be read")),
+    };
+    #[derive(serde::Deserialize)]
+    struct CreateBody {
+        machine_id: String,
+    }
+    // The machine id is required by the protocol but not trusted for anything: the session id
+    // is random, never derived from it.
+    match serde_json::from_slice::<CreateBody>(&body) {
+        Ok(b) if !b.machine_id.trim().is_empty() => {}
+        _ => {
+            return Err(ProxyError::BadRequest(
+                r#"the body must be JSON {"machine_id": "<uuid>"}"#,
+            ));
+        }
+    }
+    let session_id = random_token(SESSION_ID_BYTES);
+    let record = [app.as_bytes(), b"\n", session_id.as_bytes()].concat();
+    policy
+        .store
+        .set(&policy.record_key(session_id.as_bytes()), &record, Some(policy.ttl))
+        .await
+        .map_err(|e| unavailable(policy, e))?;
+    shared.metrics.app_request(&policy.id, &app);
+    tracing::debug!(policy = %policy.id, app = %app, session = %fingerprint(session_id.as_bytes()), "session created");
+    let body = serde_json::json!({ "session_id": session_id }).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// Proof that [`check`] advanced the chain; hand it to [`signal`].
+#[must_use]
+pub struct Advanced(());
+
+/// On a chain route, checks the request's API key, session and link, and advances the chain.
+/// The protocol headers are removed: the upstream never sees them.
+pub async fn check(shared: &Shared, route: &LiveRoute, parts: &mut Parts) -> Result<Option<Advanced>, ProxyError> {
+    let Some(policy) = &route.chain else { return Ok(None) };
+    let app = policy.app(parts).cloned();
+    let session = parts.headers.remove(&policy.session_id);
+    let link = parts.headers.remove(&policy.request_id);
+    parts.headers.remove(&policy.api_key);
+    let refuse = |code: ProxyError, session: Option<&HeaderValue>| {
+        tracing::debug!(
+            route = %route.id,
+            policy = %policy.id,
+            session = session.map(|s| fingerprint(s.as_bytes())).as_deref().unwrap_or("-"),
+            code = code.code(),
+            "session chain refused the request"
+        );
+        code
+    };
+
+    let app = app.ok_or_else(|| refuse(ProxyError::InvalidApiKey, session.as_ref()))?;
+    let session = session.ok_or_else(|| refuse(ProxyError::InvalidSession, None))?;
+    let link = link
+        .filter(|l| l.len() == 64 && l.as_bytes().iter().all(u8::is_ascii_hexdigit))
+        .ok_or_else(|| refuse(ProxyError::InvalidRequestId, Some(&session)))?;
+    let link = link.as_bytes().to_ascii_lowercase();
+
+    let key = policy.record_key(session.as_bytes());
+    let record = policy.store.get(&key).await.map_err(|e| unavailable(policy, e))?;
+    let record = record.ok_or_else(|| refuse(ProxyError::SessionTimeOut, Some(&session)))?;
+    let (owner, last) = match record.iter().position(|b| *b == b'\n') {
+        Some(i) => (&record[..i], &record[i + 1..]),
+        None => (&record[..], &[][..]),
+    };
+    // A key of another app must not drive this session, even a valid one.
+    if owner != app.as_bytes() {
+        return Err(refuse(ProxyError::InvalidApiKey, Some(&session)));
+    }
+    if !constant_time_eq(sha256_hex(last).as_bytes(), &link) {
+        return Err(refuse(ProxyError::RequestOutOfSession, Some(&session)));
+    }
+    let next = [owner, b"\n", &link].concat();
+    let won = policy
+        .store
+        .compare_and_set(&key, &record, &next, Some(policy.ttl))
+        .await
+        .map_err(|e| unavailable(policy, e))?;
+    if !won {
+        // Another request carrying the same link got there first (or the session just expired).
+        return Err(refuse(ProxyError::RequestOutOfSession, Some(&session)));
+    }
+    shared.metrics.app_request(&route.id, &app);
+    Ok(Some(Advanced(())))
+}
+
+/// Marks the answer to a request whose chain advanced, success or failure, so the client moves
+/// on to the next link either way.
+pub fn signal(
+    advanced: Option<Advanced>,
+    result: Result<Response<Body>, ProxyError>,
+) -> Result<Response<Body>, ProxyError> {
+    match (advanced, result) {
+        (None, result) => result,
+        (Some(_), Ok(mut resp)) => {
+            resp.headers_mut()
+                .insert(ADVANCED_HEADER, HeaderValue::from_static(ADVANCED));
+            Ok(resp)
+        }
+        (Some(_), Err(e)) => Err(ProxyError::ChainAdvanced(Box::new(e))),
+    }
+}
