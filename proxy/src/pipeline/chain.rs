@@ -316,3 +316,93 @@ pub fn signal(
         (Some(_), Err(e)) => Err(ProxyError::ChainAdvanced(Box::new(e))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot with policy `ns/p` (spec overrides merged in) used by route `ns/r`.
+    fn snapshot(policy: serde_json::Value) -> Snapshot {
+        let mut spec = serde_json::json!({"createPath": "/session", "apiKeysSecretRef": {"name": "keys"}});
+        for (k, v) in policy.as_object().expect("an object") {
+            spec[k] = v.clone();
+        }
+        let mut snapshot = Snapshot::default();
+        snapshot
+            .session_policies
+            .insert("ns/p".into(), serde_json::from_value(spec).expect("a valid policy"));
+        let route = crate::config::test_route(serde_json::json!({"id": "ns/r", "sessionChain": "ns/p"}));
+        snapshot.routes.push(route.spec);
+        snapshot
+    }
+
+    fn build(snapshot: &Snapshot, secrets: &[(&str, &str)]) -> Result<Chains, ConfigError> {
+        let mut s = SecretSnapshot::default();
+        for (id, v) in secrets {
+            s.values.insert(id.to_string(), v.to_string());
+        }
+        Chains::build(snapshot, &s, &Stores::default())
+    }
+
+    #[test]
+    fn policies_are_built_for_the_routes_that_use_them() {
+        let snap = snapshot(serde_json::json!({"ttl": "5m"}));
+        let chains = build(&snap, &[("ns/keys/shop", "k1\nk2")]).unwrap();
+        let policy = chains.create_path("/session").expect("the create path is served");
+        assert_eq!(policy.ttl, Duration::from_secs(300));
+        assert_eq!(policy.keys.len(), 2);
+        assert!(chains.for_route(&snap.routes[0]).unwrap().is_some());
+
+        let mut unused = snap.clone();
+        unused.routes.clear();
+        assert!(
+            build(&unused, &[]).unwrap().create_path("/session").is_none(),
+            "no route, no endpoint"
+        );
+
+        let mut missing = snap.clone();
+        missing.routes[0].session_chain = Some("ns/gone".into());
+        let err = build(&snap, &[]).unwrap().for_route(&missing.routes[0]).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "route ns/r: sessionChain: session-chain policy ns/gone is not in the snapshot"
+        );
+    }
+
+    #[test]
+    fn redis_url_problems_name_the_secret_not_its_value() {
+        let snap = snapshot(serde_json::json!({"store": "redis", "redisUrl": {"name": "redis", "key": "url"}}));
+        let err = build(&snap, &[]).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            "policy ns/p: redisUrl: secret ns/redis/url is missing from the secret snapshot"
+        );
+        let err = build(&snap, &[("ns/redis/url", "http://:hunter2@redis:6379")])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("policy ns/p: redisUrl: secret ns/redis/url: the Redis URL must start"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"));
+        let chains = build(&snap, &[("ns/redis/url", "redis://:hunter2@127.0.0.1:1\n")]).unwrap();
+        assert!(chains.create_path("/session").is_some(), "building never connects");
+    }
+
+    #[tokio::test]
+    async fn the_signal_rides_on_failures_too() {
+        let ok = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+        let resp = signal(Some(Advanced(())), Ok(ok)).unwrap();
+        assert_eq!(resp.headers()[ADVANCED_HEADER], ADVANCED);
+        let err = signal(Some(Advanced(())), Err(ProxyError::UpstreamTimeout))
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), "UPSTREAM_TIMEOUT");
+        let resp = err.into_response(Some("ns/r"));
+        assert_eq!(resp.status(), http::StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(resp.headers()[ADVANCED_HEADER], ADVANCED);
+        let plain = signal(None, Err(ProxyError::UpstreamTimeout)).err().unwrap();
+        assert!(plain.into_response(None).headers().get(ADVANCED_HEADER).is_none());
+    }
+}
