@@ -5,15 +5,18 @@
 //! Data flow: [`Chains::build`] turns the snapshot's policies that served routes use into
 //! [`ChainPolicy`]s (header names, hashed API keys, TTL, the store), once per config. `POST
 //! <createPath>` is answered by [`create`] before routing: an app key buys a random 256-bit
-//! session id, stored as the chain's first link. On a chain route, [`check`] reads the session's
-//! record, verifies `x-request-id == SHA256_hex(last)` in constant time, and advances `last` with
-//! one compare-and-set — on Redis a server-side script, so of two replicas racing for the same
-//! link exactly one wins. The chain advances when Keygate accepts, before the upstream answers;
-//! [`signal`] tells the client so (`x-keygate-chain: advanced`), also when the upstream fails.
+//! session id, the chain's first `last`. A session's record holds its app and the link it
+//! expects next, `SHA256_hex(last)`, computed by Keygate when `last` is set — so [`check`] is one
+//! store round trip: a compare-and-set of `<app>\n<presented link>` to `<app>\n<SHA256_hex of
+//! it>`. That single atomic operation checks the app, the link and the session's existence, and
+//! advances the chain; on Redis it is one server-side script, so of two replicas racing for the
+//! same link exactly one wins. Only a refusal reads the record, to name the reason. The chain
+//! advances when Keygate accepts, before the upstream answers; [`signal`] tells the client so
+//! (`x-keygate-chain: advanced`), also when the upstream fails.
 //!
-//! Stored per session, under `store::key("chain", policy, session_id)` (the raw id is never a
-//! key): `<app>\n<last link>`, expiring after the policy's TTL, refreshed on every accepted link.
-//! Session ids and links are logged only as an 8-hex-digit fingerprint of their SHA-256.
+//! Records live under `store::key("chain", policy, session_id)` (the raw id is never a key) and
+//! expire after the policy's TTL, refreshed by every accepted link. Session ids and links are
+//! logged only as an 8-hex-digit fingerprint of their SHA-256.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,7 +39,7 @@ use crate::body::Body;
 use crate::config::{ConfigError, LiveRoute};
 use crate::error::ProxyError;
 use crate::proxy::Shared;
-use crate::seal::{constant_time_eq, random_token};
+use crate::seal::random_token;
 use crate::store::{self, Store, StoreError, Stores};
 
 /// Response header that tells the client its chain moved on.
@@ -183,8 +186,9 @@ fn fingerprint(secret: &[u8]) -> String {
     hex::encode(&Sha256::digest(secret)[..4])
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+/// A session's stored record once `last` is set: its app and the link expected next.
+fn record(app: &str, last: &[u8]) -> Vec<u8> {
+    [app.as_bytes(), b"\n", hex::encode(Sha256::digest(last)).as_bytes()].concat()
 }
 
 fn unavailable(policy: &ChainPolicy, e: StoreError) -> ProxyError {
@@ -226,10 +230,13 @@ pub async fn create(
         }
     }
     let session_id = random_token(SESSION_ID_BYTES);
-    let record = [app.as_bytes(), b"\n", session_id.as_bytes()].concat();
     policy
         .store
-        .set(&policy.record_key(session_id.as_bytes()), &record, Some(policy.ttl))
+        .set(
+            &policy.record_key(session_id.as_bytes()),
+            &record(&app, session_id.as_bytes()),
+            Some(policy.ttl),
+        )
         .await
         .map_err(|e| unavailable(policy, e))?;
     shared.metrics.app_request(&policy.id, &app);
@@ -273,31 +280,29 @@ pub async fn check(shared: &Shared, route: &LiveRoute, parts: &mut Parts) -> Res
     let link = link.as_bytes().to_ascii_lowercase();
 
     let key = policy.record_key(session.as_bytes());
-    let record = policy.store.get(&key).await.map_err(|e| unavailable(policy, e))?;
-    let record = record.ok_or_else(|| refuse(ProxyError::SessionTimeOut, Some(&session)))?;
-    let (owner, last) = match record.iter().position(|b| *b == b'\n') {
-        Some(i) => (&record[..i], &record[i + 1..]),
-        None => (&record[..], &[][..]),
-    };
-    // A key of another app must not drive this session, even a valid one.
-    if owner != app.as_bytes() {
-        return Err(refuse(ProxyError::InvalidApiKey, Some(&session)));
-    }
-    if !constant_time_eq(sha256_hex(last).as_bytes(), &link) {
-        return Err(refuse(ProxyError::RequestOutOfSession, Some(&session)));
-    }
-    let next = [owner, b"\n", &link].concat();
+    // The expected record carries the presented app too: another app's key, even a valid one,
+    // must not drive this session.
+    let expected = [app.as_bytes(), b"\n", &link].concat();
     let won = policy
         .store
-        .compare_and_set(&key, &record, &next, Some(policy.ttl))
+        .compare_and_set(&key, &expected, &record(&app, &link), Some(policy.ttl))
         .await
         .map_err(|e| unavailable(policy, e))?;
-    if !won {
-        // Another request carrying the same link got there first (or the session just expired).
-        return Err(refuse(ProxyError::RequestOutOfSession, Some(&session)));
+    if won {
+        shared.metrics.app_request(&route.id, &app);
+        return Ok(Some(Advanced(())));
     }
-    shared.metrics.app_request(&route.id, &app);
-    Ok(Some(Advanced(())))
+    // Refused; read the record only to say why.
+    let stored = policy.store.get(&key).await.map_err(|e| unavailable(policy, e))?;
+    Err(refuse(
+        match stored {
+            None => ProxyError::SessionTimeOut,
+            Some(r) if !r.starts_with(&[app.as_bytes(), b"\n"].concat()) => ProxyError::InvalidApiKey,
+            // A wrong link, a replay, or another request with the same link got there first.
+            Some(_) => ProxyError::RequestOutOfSession,
+        },
+        Some(&session),
+    ))
 }
 
 /// Marks the answer to a request whose chain advanced, success or failure, so the client moves
