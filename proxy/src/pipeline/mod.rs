@@ -1,7 +1,9 @@
 //! The request pipeline, one stage per module, in the order a request meets them:
-//! [`limits`] (method, content type, body size) → [`request`] (the upstream request: URL, header
-//! hygiene, injected headers) → upstream (see [`crate::proxy`]) → [`response`] (header hygiene
-//! and renames on the way back). Later stages (CORS, auth, destinations, vault) slot in between.
+//! [`limits`] (method, content type, body size) → [`ratelimit`] (token buckets) → [`chain`]
+//! (session-chain check and advance; its create path is served before routing) → [`request`]
+//! (the upstream request: URL, header hygiene, injected headers) → upstream (see
+//! [`crate::proxy`]) → [`response`] (header hygiene and renames on the way back). Later stages
+//! (CORS, auth, destinations, vault) slot in between.
 
 pub mod chain;
 pub mod limits;
