@@ -180,10 +180,14 @@ impl Chains {
     }
 }
 
-/// First 8 hex digits of the SHA-256 of a secret: enough to follow one session through the
-/// logs, useless for continuing it.
+/// 8 hex digits of a domain-separated SHA-256 of a secret: enough to follow one session through
+/// the logs, useless for continuing it. The prefix matters: a plain SHA-256 of a session id is
+/// its first link.
 fn fingerprint(secret: &[u8]) -> String {
-    hex::encode(&Sha256::digest(secret)[..4])
+    let mut h = Sha256::new();
+    h.update(b"keygate log fingerprint\n");
+    h.update(secret);
+    hex::encode(&h.finalize()[..4])
 }
 
 /// A session's stored record once `last` is set: its app and the link expected next.
