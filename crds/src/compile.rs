@@ -168,8 +168,25 @@ pub fn compile(input: &Resources) -> Compiled {
             }
         }
     });
+    // createPath is answered before routing, so two policies cannot share one; like duplicate
+    // names, neither is served, since which one to keep would depend on input order.
+    let mut create_paths: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for policy in &input.session_policies {
+        let id = format!("{}/{}", namespace_of(policy), policy.name_any());
+        create_paths.entry(&policy.spec.create_path).or_default().push(id);
+    }
     c.snapshot.session_policies =
         c.compile_kind(&input.session_policies, Kind::SessionChainPolicy, |c, ns, spec, p| {
+            if let Some(ids) = create_paths.get(spec.create_path.as_str()).filter(|ids| ids.len() > 1) {
+                p.invalid.push(problem(
+                    "spec.createPath",
+                    format!(
+                        "{} is the createPath of {}; give each SessionChainPolicy its own path",
+                        spec.create_path,
+                        ids.join(" and ")
+                    ),
+                ));
+            }
             if parse_duration_ms(&spec.ttl).is_none_or(|ms| ms == 0) {
                 p.invalid
                     .push(problem("spec.ttl", "must be a positive duration such as 30m"));

@@ -15,7 +15,11 @@ fn fixtures() -> Vec<String> {
         shop("CookieTranslation", "ok", COOKIE),
         shop("ExternalAllowlist", "ok", ALLOWLIST),
         shop("TokenVaultRule", "ok", VAULT),
-        shop("SessionChainPolicy", "ok", CHAIN),
+        shop(
+            "SessionChainPolicy",
+            "ok",
+            "{createPath: /ok-session, apiKeysSecretRef: {name: app-keys}}",
+        ),
         secret("app-keys", &[("web", "key-one")]),
         secret("redis", &[("url", "redis://:pw@redis:6379")]),
         secret("vault-key", &[("k1", "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=")]),

@@ -409,6 +409,39 @@ fn a_zero_session_ttl_is_invalid() {
 }
 
 #[test]
+fn session_policies_sharing_a_create_path_are_both_refused() {
+    let policy = |name: &str, path: &str| {
+        shop(
+            "SessionChainPolicy",
+            name,
+            &format!("{{createPath: {path}, apiKeysSecretRef: {{name: app-keys}}}}"),
+        )
+    };
+    let compiled = compile_docs(&[
+        secret("app-keys", &[("web", APP_KEY)]),
+        policy("a", "/session"),
+        policy("b", "/session"),
+        policy("c", "/other-session"),
+    ]);
+    for name in ["a", "b"] {
+        assert_eq!(
+            problem_lines(&compiled, Kind::SessionChainPolicy, name),
+            [format!(
+                "SessionChainPolicy/shop/{name}: spec.createPath: /session is the createPath of shop/a and shop/b; give each SessionChainPolicy its own path"
+            )]
+        );
+    }
+    assert_eq!(
+        report(&compiled, Kind::SessionChainPolicy, "c").reason,
+        reasons::ACCEPTED
+    );
+    assert_eq!(
+        compiled.snapshot.session_policies.keys().collect::<Vec<_>>(),
+        ["shop/c"]
+    );
+}
+
+#[test]
 fn a_zero_timeout_is_invalid() {
     assert_route_refused(
         vec![],

@@ -13,6 +13,7 @@ use keygate_crds::{SecretSnapshot, Snapshot};
 
 use crate::apikeys::ApiKeys;
 use crate::external::{self, Allowlist};
+use crate::pipeline::chain::{ChainPolicy, Chains};
 use crate::pipeline::cookie::CookieTranslation;
 use crate::pipeline::cors::Cors;
 use crate::router::Router;
@@ -67,6 +68,16 @@ pub enum ConfigError {
         /// Field and what is wrong; never a secret value.
         message: String,
     },
+    /// A policy (session chain, vault rule) field cannot be used.
+    #[error("policy {policy}: {field}: {message}")]
+    Policy {
+        /// `namespace/name` of the policy.
+        policy: String,
+        /// Field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// A route ready to serve.
@@ -96,6 +107,8 @@ pub struct LiveRoute {
     pub destination_headers: Arc<[HeaderName]>,
     /// The route's vault rules, when it references any.
     pub vault: Option<Arc<crate::vault::RouteVault>>,
+    /// The session-chain policy every request must satisfy (`sessionChainRef`).
+    pub chain: Option<Arc<ChainPolicy>>,
 }
 
 /// A route's destination, parsed.
@@ -121,6 +134,7 @@ pub struct Config {
     client_keys: Vec<ClientKey>,
     /// Vault rules and their tokenize endpoints.
     pub vault: crate::vault::Vaults,
+    chains: Chains,
 }
 
 impl Config {
@@ -142,11 +156,13 @@ impl Config {
             });
         }
         let vault = crate::vault::Vaults::build(snapshot, secrets, stores)?;
+        let chains = Chains::build(snapshot, secrets, stores)?;
         let mut client_keys = Vec::new();
         let mut entries = Vec::with_capacity(snapshot.routes.len());
         for route in &snapshot.routes {
             let (key, mut live) = build_route(route, snapshot, secrets, clients, stores)?;
             live.vault = vault.for_route(route)?;
+            live.chain = chains.for_route(route)?;
             if !client_keys.contains(&key) {
                 client_keys.push(key);
             }
@@ -157,12 +173,18 @@ impl Config {
             router: Router::new(entries),
             client_keys,
             vault,
+            chains,
         })
     }
 
     /// The route serving `path`.
     pub fn route(&self, path: &str) -> Option<&Arc<LiveRoute>> {
         self.router.lookup(path)
+    }
+
+    /// The session-chain policy whose create path is exactly `path`; checked before routing.
+    pub fn session_create(&self, path: &str) -> Option<&Arc<ChainPolicy>> {
+        self.chains.create_path(path)
     }
 
     /// Number of routes.
@@ -307,6 +329,7 @@ fn build_route(
             api_keys,
             destination_headers: external::destination_headers(snapshot),
             vault: None,
+            chain: None,
         },
     ))
 }

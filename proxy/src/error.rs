@@ -5,6 +5,7 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{Body, full};
+use crate::pipeline::chain;
 
 /// Why the proxy answered instead of the upstream.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -115,6 +116,25 @@ pub enum ProxyError {
     /// A JSON answer whose fields must be tokenized cannot be read.
     #[error("the upstream's answer cannot be tokenized: {0}")]
     ResponseNotTokenizable(&'static str),
+    /// A session-chain request without a session id header.
+    #[error("the request carries no session id; create a session first")]
+    InvalidSession,
+    /// The session id is unknown or its session expired.
+    #[error("the session is unknown or has expired; create a new session")]
+    SessionTimeOut,
+    /// The request id header is missing or not 64 hex characters.
+    #[error("the request id must be 64 hex characters: SHA-256 of the previous link")]
+    InvalidRequestId,
+    /// The request id is not the session's next link: a replay, a copied request, or a lost race.
+    #[error("the request id is not the next link of this session; create a new session and retry once")]
+    RequestOutOfSession,
+    /// The route's rate limit is exhausted for this caller; retry after this many seconds.
+    #[error("rate limit exceeded; retry after {0} s")]
+    RateLimited(u64),
+    /// A failure after the session chain advanced: the client must move to the next link even
+    /// though the request failed, so the answer says so (`x-keygate-chain: advanced`).
+    #[error("{0}")]
+    ChainAdvanced(Box<ProxyError>),
 }
 
 /// A store failure reaches the client as 503; the cause is logged by the stage, with no key.
@@ -161,6 +181,12 @@ impl ProxyError {
             ProxyError::ClassificationNotAllowed => "CLASSIFICATION_NOT_ALLOWED",
             ProxyError::ResponseTooLarge(_) => "RESPONSE_TOO_LARGE",
             ProxyError::ResponseNotTokenizable(_) => "RESPONSE_NOT_TOKENIZABLE",
+            ProxyError::InvalidSession => "INVALID_SESSION",
+            ProxyError::SessionTimeOut => "SESSION_TIME_OUT",
+            ProxyError::InvalidRequestId => "INVALID_REQUEST_ID",
+            ProxyError::RequestOutOfSession => "REQUEST_OUT_OF_SESSION",
+            ProxyError::RateLimited(_) => "RATE_LIMITED",
+            ProxyError::ChainAdvanced(inner) => inner.code(),
         }
     }
 
@@ -194,11 +220,23 @@ impl ProxyError {
             ProxyError::TokenNotPermitted { .. } | ProxyError::ClassificationNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::VaultUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ResponseTooLarge(_) | ProxyError::ResponseNotTokenizable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::InvalidSession
+            | ProxyError::SessionTimeOut
+            | ProxyError::InvalidRequestId
+            | ProxyError::RequestOutOfSession => StatusCode::UNAUTHORIZED,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::ChainAdvanced(inner) => inner.status(),
         }
     }
 
     /// The JSON error response. `route` is the matched route's id, when there is one.
     pub fn into_response(self, route: Option<&str>) -> Response<Body> {
+        if let ProxyError::ChainAdvanced(inner) = self {
+            let mut resp = inner.into_response(route);
+            resp.headers_mut()
+                .insert(chain::ADVANCED_HEADER, HeaderValue::from_static(chain::ADVANCED));
+            return resp;
+        }
         let body = serde_json::json!({
             "proxy_error": {
                 "code": self.code(),
@@ -214,6 +252,9 @@ impl ProxyError {
         if matches!(self, ProxyError::BodyTooLarge(_)) {
             // The rest of an oversized body is not worth reading: ask the client to reconnect.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ProxyError::RateLimited(seconds) = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         resp
     }

@@ -17,9 +17,10 @@ use crate::config::{Config, LiveRoute};
 use crate::error::ProxyError;
 use crate::external::{self, resolve::Refused};
 use crate::metrics::Metrics;
+use crate::pipeline::auth::Caller;
 use crate::pipeline::cookie::Step;
 use crate::pipeline::cors::Cors;
-use crate::pipeline::{auth, csrf, limits, request, response};
+use crate::pipeline::{auth, chain, csrf, limits, ratelimit, request, response};
 use crate::store::Stores;
 use crate::upstream::ClientCache;
 use crate::vault;
@@ -46,15 +47,18 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
     let access = tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
     let config = shared.config.load_full();
-    // Tokenize endpoints are Keygate's own and come before any route.
-    let endpoint = config
+    // Keygate's own endpoints (tokenize, session create) come before any route.
+    let path = req.uri().path();
+    let endpoint = config.as_ref().and_then(|c| c.vault.endpoint(path)).cloned();
+    let create = config
         .as_ref()
-        .and_then(|c| c.vault.endpoint(req.uri().path()))
+        .filter(|_| endpoint.is_none())
+        .and_then(|c| c.session_create(path))
         .cloned();
     let route = config
         .as_ref()
-        .and_then(|c| c.route(req.uri().path()))
-        .filter(|_| endpoint.is_none())
+        .filter(|_| endpoint.is_none() && create.is_none())
+        .and_then(|c| c.route(path))
         .cloned();
     // CORS headers go on every answer of a CORS route, Keygate's own errors included, so the
     // page can read them; the Origin is kept before the request is consumed.
@@ -62,11 +66,12 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
         .as_ref()
         .filter(|r| r.cors.is_some() && !Cors::is_preflight_request(&req))
         .map(|_| req.headers().get(http::header::ORIGIN).cloned());
-    let result = match (&config, &route, &endpoint) {
-        (_, _, Some(endpoint)) => endpoint.serve(&shared.metrics, req).await,
-        (None, _, _) => Err(ProxyError::NotReady),
-        (Some(_), None, _) => Err(ProxyError::RouteNotFound),
-        (Some(_), Some(route), _) => forward(&shared, route, req, peer).await,
+    let result = match (&config, &route, &endpoint, &create) {
+        (_, _, Some(endpoint), _) => endpoint.serve(&shared.metrics, req).await,
+        (_, _, _, Some(policy)) => chain::create(&shared, policy, req).await,
+        (None, ..) => Err(ProxyError::NotReady),
+        (Some(_), None, ..) => Err(ProxyError::RouteNotFound),
+        (Some(_), Some(route), ..) => forward(&shared, route, req, peer).await,
     };
     let route_id = route.as_ref().map(|r| &r.id).or(endpoint.as_ref().map(|e| e.id()));
     let (mut resp, code) = match result {
@@ -114,6 +119,21 @@ async fn forward(
     if let (Step::Logout, Some(cookie)) = (step, &route.cookie) {
         return cookie.logout(&parts.headers).await;
     }
+    ratelimit::check(shared, route, &parts, caller.app.as_deref(), peer).await?;
+    let advanced = chain::check(shared, route, &mut parts).await?;
+    chain::signal(advanced, send(shared, route, parts, body, peer, step, caller).await)
+}
+
+/// Sends the request upstream and passes the answer back.
+async fn send(
+    shared: &Shared,
+    route: &LiveRoute,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    peer: SocketAddr,
+    step: Step,
+    caller: Caller,
+) -> Result<Response<Body>, ProxyError> {
     let base = external::destination(route, &mut parts.headers)?;
     // Headers first: an HTTP/2 client's host is the request URI's authority, about to be replaced.
     request::rewrite_headers(route, &mut parts, peer);

@@ -12,11 +12,11 @@ use keygate_tests::redis::{RedisOptions, RedisServer};
 
 /// What every store must do; run against each kind.
 async fn contract(s: &dyn Store) {
-    s.set("k", b"v", Some(Duration::from_millis(100))).await.unwrap();
+    s.set("k", b"v", Some(Duration::from_millis(500))).await.unwrap();
     s.set("forever", b"v", None).await.unwrap();
     assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     assert_eq!(s.get("nothing").await.unwrap(), None);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(s.get("k").await.unwrap(), None, "values expire");
     assert_eq!(s.get("forever").await.unwrap().as_deref(), Some(&b"v"[..]));
     s.delete("forever").await.unwrap();
@@ -25,7 +25,7 @@ async fn contract(s: &dyn Store) {
 
     s.set("chain", b"a", Some(Duration::from_secs(60))).await.unwrap();
     assert!(
-        s.compare_and_set("chain", b"a", b"b", Some(Duration::from_millis(100)))
+        s.compare_and_set("chain", b"a", b"b", Some(Duration::from_millis(500)))
             .await
             .unwrap()
     );
@@ -34,7 +34,7 @@ async fn contract(s: &dyn Store) {
         "a stale read loses"
     );
     assert_eq!(s.get("chain").await.unwrap().as_deref(), Some(&b"b"[..]));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(s.get("chain").await.unwrap(), None, "compare-and-set sets the new TTL");
     assert!(!s.compare_and_set("missing", b"", b"x", None).await.unwrap());
     assert_eq!(s.get("missing").await.unwrap(), None, "a missing key is never created");

@@ -1,15 +1,20 @@
 //! The request pipeline, one stage per module, in the order a request meets them:
 //! [`cors`] (preflights answered here) → [`limits`] (method, content type, body size) →
 //! [`cookie`] (session start and logout intercepted) → [`auth`] (cookie translated, API key
-//! checked) → [`csrf`] (unsafe methods) → [`request`] (the upstream request: URL, header hygiene,
-//! injected headers) → upstream (see [`crate::proxy`]) → [`response`] (header hygiene and renames
-//! on the way back; the login answer becomes a cookie; CORS headers on every answer).
+//! checked) → [`csrf`] (unsafe methods) → [`ratelimit`] (token buckets) → [`chain`] (session-chain
+//! check and advance; its create path is served before routing) → destination (see
+//! [`crate::external`]) → vault detokenization (see [`crate::vault`]) → [`request`] (the upstream
+//! request: URL, header hygiene, injected headers) → upstream (see [`crate::proxy`]) →
+//! [`response`] (header hygiene and renames on the way back; the login answer becomes a cookie;
+//! answers tokenized; CORS headers on every answer).
 
 pub mod auth;
+pub mod chain;
 pub mod cookie;
 pub mod cors;
 pub mod csrf;
 pub mod limits;
+pub mod ratelimit;
 pub mod request;
 pub mod response;
 

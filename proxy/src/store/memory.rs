@@ -96,7 +96,8 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'a, bool> {
         let swapped = self.with(|i, now| {
             let current = i.entries.get(key).filter(|e| e.live(now));
-            if current.is_some_and(|e| e.value == expected) {
+            // Expected values are secrets (the next chain link): compared in constant time.
+            if current.is_some_and(|e| crate::seal::constant_time_eq(&e.value, expected)) {
                 i.insert(key, new, ttl, now);
                 true
             } else {

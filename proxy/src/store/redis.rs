@@ -29,6 +29,7 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 pub const RETRY_AFTER: Duration = Duration::from_millis(250);
 
 /// Swaps the value only if it is still the expected one; `ARGV[3]` is the TTL in ms, `""` for none.
+/// Lua interns strings, so `==` compares references, in time independent of where values differ.
 const COMPARE_AND_SET: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   if ARGV[3] == '' then
