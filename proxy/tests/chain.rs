@@ -531,3 +531,64 @@ async fn per_app_limits_share_one_bucket_across_proxies_on_redis() {
         "another app has its own bucket"
     );
 }
+
+/// The chain and cookie translation on one route: the login call and every later call carry the
+/// next link, and the upstream gets the translated header without any protocol header.
+#[tokio::test]
+async fn chain_and_cookie_translation_on_one_route() {
+    let up = Upstream::start(|seen| async move {
+        let body = if seen.uri.ends_with("/login") {
+            r#"{"token": "tok-chain-and-cookie"}"#
+        } else {
+            "upstream ok"
+        };
+        http::Response::new(Full::new(Bytes::from_static(body.as_bytes())))
+    })
+    .await;
+    let yaml = secret_yaml("app-keys", &BTreeMap::from([("shop", SHOP_KEY)]))
+        + "apiVersion: keygate.dev/v1alpha1\nkind: SessionChainPolicy\nmetadata: {name: web, namespace: default}\nspec:\n  createPath: /session\n  apiKeysSecretRef: {name: app-keys}\n---\n"
+        + "apiVersion: keygate.dev/v1alpha1\nkind: CookieTranslation\nmetadata: {name: login, namespace: default}\nspec:\n  header: {name: x-auth-token}\n  sessionStart: {path: /api/login, method: GET, tokenPointer: /token}\n---\n"
+        + &route_yaml(
+            "api",
+            "/api",
+            &up.url(),
+            "  auth: sessionChain\n  sessionChainRef: web\n  cookieTranslationRef: login",
+        );
+    let proxy = Proxy::start(&yaml).await;
+    let mut session = Session::create(&proxy, "/session", SHOP_KEY).await;
+    let call = |session: &Session, path: &str, cookie: Option<String>| {
+        let mut headers = vec![
+            ("x-api-key".to_string(), session.key.clone()),
+            ("x-session-id".to_string(), session.id.clone()),
+            ("x-request-id".to_string(), session.next()),
+        ];
+        headers.extend(cookie.map(|c| ("cookie".to_string(), c)));
+        let url = proxy.url(path);
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            get(&url, &h).await
+        }
+    };
+    let login = call(&session, "/api/login", None).await;
+    assert_eq!(login.status, StatusCode::OK);
+    session.last = session.next();
+    let cookie = login.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+
+    let got = call(&session, "/api/items", Some(cookie.clone())).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.headers["x-keygate-chain"], "advanced");
+    let seen = up.last();
+    assert_eq!(seen.headers["x-auth-token"], "tok-chain-and-cookie");
+    for h in ["cookie", "x-api-key", "x-session-id", "x-request-id"] {
+        assert!(seen.headers.get(h).is_none(), "{h} must not reach the upstream");
+    }
+    // The cookie alone is not enough: the replayed link is refused.
+    let replay = call(&session, "/api/items", Some(cookie)).await;
+    assert_eq!(replay.error_code(), "REQUEST_OUT_OF_SESSION");
+}
