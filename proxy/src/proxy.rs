@@ -55,23 +55,28 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
         .filter(|_| endpoint.is_none())
         .and_then(|c| c.session_create(path))
         .cloned();
-    let route = config
-        .as_ref()
-        .filter(|_| endpoint.is_none() && create.is_none())
-        .and_then(|c| c.route(path))
-        .cloned();
+    // The route whose prefix covers the path; Keygate's own endpoints take its CORS rules, so a
+    // page on another origin can create a session.
+    let covering = config.as_ref().and_then(|c| c.route(path)).cloned();
+    let own = endpoint.is_some() || create.is_some();
+    let route = covering.clone().filter(|_| !own);
     // CORS headers go on every answer of a CORS route, Keygate's own errors included, so the
     // page can read them; the Origin is kept before the request is consumed.
-    let cors_origin = route
-        .as_ref()
-        .filter(|r| r.cors.is_some() && !Cors::is_preflight_request(&req))
+    let preflight = Cors::is_preflight_request(&req);
+    let cors = covering.as_ref().and_then(|r| r.cors.as_ref());
+    let cors_origin = cors
+        .filter(|_| !preflight)
         .map(|_| req.headers().get(http::header::ORIGIN).cloned());
-    let result = match (&config, &route, &endpoint, &create) {
-        (_, _, Some(endpoint), _) => endpoint.serve(&shared.metrics, req).await,
-        (_, _, _, Some(policy)) => chain::create(&shared, policy, req).await,
-        (None, ..) => Err(ProxyError::NotReady),
-        (Some(_), None, ..) => Err(ProxyError::RouteNotFound),
-        (Some(_), Some(route), ..) => forward(&shared, route, req, peer).await,
+    let result = if let Some(cors) = cors.filter(|_| own && preflight) {
+        cors.preflight(&req.into_parts().0)
+    } else {
+        match (&config, &route, &endpoint, &create) {
+            (_, _, Some(endpoint), _) => endpoint.serve(&shared.metrics, req).await,
+            (_, _, _, Some(policy)) => chain::create(&shared, policy, req).await,
+            (None, ..) => Err(ProxyError::NotReady),
+            (Some(_), None, ..) => Err(ProxyError::RouteNotFound),
+            (Some(_), Some(route), ..) => forward(&shared, route, req, peer).await,
+        }
     };
     let route_id = route.as_ref().map(|r| &r.id).or(endpoint.as_ref().map(|e| e.id()));
     let (mut resp, code) = match result {
@@ -81,7 +86,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
             (e.into_response(route_id.map(|id| &**id)), Some(code))
         }
     };
-    if let (Some(cors), Some(origin)) = (route.as_ref().and_then(|r| r.cors.as_ref()), cors_origin) {
+    if let (Some(cors), Some(origin)) = (cors, cors_origin) {
         cors.decorate(origin.as_ref(), resp.headers_mut());
     }
     let status = resp.status().as_u16();

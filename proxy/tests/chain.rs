@@ -592,3 +592,40 @@ async fn chain_and_cookie_translation_on_one_route() {
     let replay = call(&session, "/api/items", Some(cookie)).await;
     assert_eq!(replay.error_code(), "REQUEST_OUT_OF_SESSION");
 }
+
+/// A page on another origin creates its session: the create path takes the CORS rules of the
+/// route whose prefix covers it, preflight included.
+#[tokio::test]
+async fn create_path_answers_cors_like_its_route() {
+    let up = Upstream::ok().await;
+    let cors = "  cors: {allowOrigins: ['https://app.example']}\n";
+    let proxy = Proxy::start(&manifests(&up, StoreAt::Memory, cors)).await;
+    let preflight = Request::options(proxy.url("/api/session"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type, x-api-key")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let got = send(preflight).await;
+    assert_eq!(got.status, StatusCode::NO_CONTENT);
+    assert_eq!(got.headers["access-control-allow-origin"], "https://app.example");
+    let allowed = got.headers["access-control-allow-headers"].to_str().unwrap();
+    for h in ["x-api-key", "x-session-id", "x-request-id"] {
+        assert!(allowed.contains(h), "{h} derived from the chain policy: {allowed}");
+    }
+    let create = Request::post(proxy.url("/api/session"))
+        .header("origin", "https://app.example")
+        .header("x-api-key", SHOP_KEY)
+        .body(Full::new(Bytes::from_static(br#"{"machine_id": "m-1"}"#)))
+        .unwrap();
+    let got = send(create).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.headers["access-control-allow-origin"], "https://app.example");
+    let other = Request::post(proxy.url("/api/session"))
+        .header("origin", "https://evil.example")
+        .header("x-api-key", SHOP_KEY)
+        .body(Full::new(Bytes::from_static(br#"{"machine_id": "m-1"}"#)))
+        .unwrap();
+    assert!(send(other).await.headers.get("access-control-allow-origin").is_none());
+    assert_eq!(up.count(), 0, "the create path is Keygate's own");
+}
