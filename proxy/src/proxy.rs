@@ -72,7 +72,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
     } else {
         match (&config, &route, &endpoint, &create) {
             (_, _, Some(endpoint), _) => endpoint.serve(&shared.metrics, req).await,
-            (_, _, _, Some(policy)) => chain::create(&shared, policy, req).await,
+            (_, _, _, Some(policy)) => create_session(&shared, policy, covering.as_deref(), req, peer).await,
             (None, ..) => Err(ProxyError::NotReady),
             (Some(_), None, ..) => Err(ProxyError::RouteNotFound),
             (Some(_), Some(route), ..) => forward(&shared, route, req, peer).await,
@@ -103,6 +103,22 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
         );
     }
     resp
+}
+
+/// Session creation counts against the rate limit of the route covering the create path (per
+/// app, or per client address), so a flood of creations cannot fill the session store.
+async fn create_session(
+    shared: &Shared,
+    policy: &chain::ChainPolicy,
+    covering: Option<&LiveRoute>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    if let Some(route) = covering {
+        ratelimit::check(shared, route, &parts, None, peer).await?;
+    }
+    chain::create(shared, policy, Request::from_parts(parts, body)).await
 }
 
 async fn forward(

@@ -515,8 +515,9 @@ async fn per_app_limits_share_one_bucket_across_proxies_on_redis() {
     let limit = "  rateLimit: {requestsPerSecond: 1, burst: 3, per: app}\n";
     let yaml = manifests(&up, StoreAt::Redis(&redis), limit);
     let (a, b) = (Proxy::start(&yaml).await, Proxy::start(&yaml).await);
+    // Creating the session takes the first of the app's three tokens.
     let mut shop = Session::create(&a, "/api/session", SHOP_KEY).await;
-    for proxy in [&a, &b, &a] {
+    for proxy in [&b, &a] {
         assert_eq!(shop.call(proxy, "/api/x").await.status, StatusCode::OK);
     }
     refused(
@@ -628,4 +629,24 @@ async fn create_path_answers_cors_like_its_route() {
         .unwrap();
     assert!(send(other).await.headers.get("access-control-allow-origin").is_none());
     assert_eq!(up.count(), 0, "the create path is Keygate's own");
+}
+
+/// Creating sessions counts against the covering route's rate limit: a flood of creations is
+/// refused before it can fill the store.
+#[tokio::test]
+async fn session_creation_is_rate_limited_by_its_route() {
+    let up = Upstream::ok().await;
+    let limit = "  rateLimit: {requestsPerSecond: 1, burst: 2, per: client}\n";
+    let proxy = Proxy::start(&manifests(&up, StoreAt::Memory, limit)).await;
+    let body = r#"{"machine_id": "m-1"}"#;
+    for _ in 0..2 {
+        assert_eq!(
+            post_create(&proxy, "/api/session", Some(SHOP_KEY), body).await.status,
+            StatusCode::OK
+        );
+    }
+    let flood = post_create(&proxy, "/api/session", Some(SHOP_KEY), body).await;
+    assert_eq!(flood.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(flood.error_code(), "RATE_LIMITED");
+    assert!(flood.headers.contains_key("retry-after"));
 }
