@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{compile_docs, problem_lines, report, shop};
+use common::{assert_refused, compile_docs, problem_lines, report, shop};
 use keygate_crds::Kind;
 use keygate_crds::report::reasons;
 use pretty_assertions::assert_eq;
@@ -70,17 +70,16 @@ fn allow_cidrs_must_be_clean_and_narrow() {
     let compiled = compile_docs(&allowlist(
         "{hosts: [api.example.com], allowCidrs: [10.1.2.3/16, 0.0.0.0/0, '::/0', 10.0.0.0/8]}",
     ));
-    assert_eq!(
-        report(&compiled, Kind::ExternalAllowlist, "partners").reason,
-        reasons::INVALID
-    );
-    assert_eq!(
-        problem_lines(&compiled, Kind::ExternalAllowlist, "partners"),
-        [
+    assert_refused(
+        &compiled,
+        Kind::ExternalAllowlist,
+        "partners",
+        reasons::INVALID,
+        &[
             "ExternalAllowlist/shop/partners: spec.allowCidrs[0]: \"10.1.2.3/16\" has address bits set past the prefix; write 10.1.0.0/16",
             "ExternalAllowlist/shop/partners: spec.allowCidrs[1]: 0.0.0.0/0 is too wide to be a private API's range; name the network it lives in, e.g. 10.1.0.0/16 or fd00::/64 (at least /8 for IPv4, /7 for IPv6)",
             "ExternalAllowlist/shop/partners: spec.allowCidrs[2]: ::/0 is too wide to be a private API's range; name the network it lives in, e.g. 10.1.0.0/16 or fd00::/64 (at least /8 for IPv4, /7 for IPv6)",
-        ]
+        ],
     );
 }
 

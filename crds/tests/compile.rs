@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{compile_docs, created, doc, parse, problem_lines, report, secret, secret_values, served_routes, shop};
+use common::{
+    assert_refused, compile_docs, created, doc, parse, problem_lines, report, secret, secret_values, served_routes,
+    shop,
+};
 use keygate_crds::report::reasons;
 use keygate_crds::{Compiled, Kind, compile};
 use pretty_assertions::assert_eq;
@@ -370,16 +373,15 @@ fn secrets_of_the_other_kinds_are_checked_too() {
             "{hosts: [a.example], caBundle: {name: ca, key: ca.crt}}",
         ),
     ]);
-    assert_eq!(
-        problem_lines(&compiled, Kind::SessionChainPolicy, "chain"),
-        [
+    assert_refused(
+        &compiled,
+        Kind::SessionChainPolicy,
+        "chain",
+        reasons::SECRET_NOT_FOUND,
+        &[
             "SessionChainPolicy/shop/chain: spec.apiKeysSecretRef: Secret shop/app-keys does not exist; create it or fix the name",
             "SessionChainPolicy/shop/chain: spec.redisUrl: Secret shop/redis does not exist; create it or fix the name",
-        ]
-    );
-    assert_eq!(
-        report(&compiled, Kind::SessionChainPolicy, "chain").reason,
-        reasons::SECRET_NOT_FOUND
+        ],
     );
     assert_eq!(
         problem_lines(&compiled, Kind::ExternalAllowlist, "partners"),
@@ -397,13 +399,12 @@ fn a_zero_session_ttl_is_invalid() {
             "{createPath: /s, apiKeysSecretRef: {name: app-keys}, ttl: 0s}",
         ),
     ]);
-    assert_eq!(
-        report(&compiled, Kind::SessionChainPolicy, "chain").reason,
-        reasons::INVALID
-    );
-    assert_eq!(
-        problem_lines(&compiled, Kind::SessionChainPolicy, "chain"),
-        ["SessionChainPolicy/shop/chain: spec.ttl: must be a positive duration such as 30m"]
+    assert_refused(
+        &compiled,
+        Kind::SessionChainPolicy,
+        "chain",
+        reasons::INVALID,
+        &["SessionChainPolicy/shop/chain: spec.ttl: must be a positive duration such as 30m"],
     );
     assert!(compiled.secrets.values.is_empty(), "a refused policy ships no API keys");
 }
@@ -731,17 +732,16 @@ fn static_tokens_are_checked_without_printing_their_data() {
             "{source: {secretRef: {name: tokens}}, permissions: [{classification: pci}]}",
         ),
     ]);
-    assert_eq!(
-        report(&compiled, Kind::TokenVaultRule, "cards").reason,
-        reasons::INVALID
-    );
-    assert_eq!(
-        problem_lines(&compiled, Kind::TokenVaultRule, "cards"),
-        [
+    assert_refused(
+        &compiled,
+        Kind::TokenVaultRule,
+        "cards",
+        reasons::INVALID,
+        &[
             "TokenVaultRule/shop/cards: spec.source.secretRef: Secret shop/tokens key \"bad id!\" is not a token id: use 1 to 128 letters, digits, '.', '_' or '-'",
             "TokenVaultRule/shop/cards: spec.source.secretRef: Secret shop/tokens key \"bad-class\": the classification must be lower-case letters, digits and '-', e.g. pci",
             "TokenVaultRule/shop/cards: spec.source.secretRef: Secret shop/tokens key \"not-json\": the value is not a JSON object {\"data\": ..., \"classification\": \"pci\", \"expiresAt\"?: \"RFC 3339\"} (line 1, column 4)",
-        ]
+        ],
     );
     assert!(compiled.secrets.values.is_empty(), "a refused rule ships no tokens");
     assert_no_secret_value_outside_the_secret_snapshot(&compiled, &[CARD]);

@@ -124,3 +124,9 @@ pub fn secret_values(compiled: &Compiled) -> Vec<(&str, &str)> {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect()
 }
+
+/// Asserts that `kind` `name` (in [`NS`]) is refused with `reason` and exactly these problem lines.
+pub fn assert_refused(compiled: &Compiled, kind: Kind, name: &str, reason: &str, lines: &[&str]) {
+    assert_eq!(problem_lines(compiled, kind, name), lines);
+    assert_eq!(report(compiled, kind, name).reason, reason);
+}
