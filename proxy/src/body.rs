@@ -31,7 +31,7 @@ pub fn empty() -> Body {
 /// Why [`read_to_limit`] gave up.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// The body is longer than the limit.
+    /// The body is longer than the limit (this one, or one already wrapped around the body).
     #[error("body exceeds {0} bytes")]
     TooLarge(u64),
     /// The body stream failed.
@@ -49,7 +49,14 @@ where
     use http_body_util::BodyExt;
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ReadError::Failed(e.into()))?;
+        // A limit already wrapped around the body (the route's `bodyLimit`) is reported as such.
+        let frame = frame.map_err(|e| {
+            let e: BoxError = e.into();
+            match e.downcast_ref::<BodyTooLarge>() {
+                Some(BodyTooLarge(limit)) => ReadError::TooLarge(*limit),
+                None => ReadError::Failed(e),
+            }
+        })?;
         if let Ok(data) = frame.into_data() {
             if buf.len() as u64 + data.len() as u64 > limit {
                 return Err(ReadError::TooLarge(limit));
@@ -163,5 +170,18 @@ mod tests {
         let err = body.collect().await.unwrap_err();
         assert!(err.to_string().contains("exceeds 10 bytes"));
         assert!(flag.load(Ordering::Acquire));
+    }
+
+    fn body(n: usize) -> Body {
+        full(vec![b'x'; n])
+    }
+
+    #[tokio::test]
+    async fn read_to_limit_names_the_limit_that_was_crossed() {
+        assert_eq!(read_to_limit(body(5), 5).await.ok().map(|b| b.len()), Some(5));
+        assert!(matches!(read_to_limit(body(6), 5).await, Err(ReadError::TooLarge(5))));
+        // A limit already wrapped around the body (the route's bodyLimit) is reported as such.
+        let limited = LimitedBody::new(body(6), 3, Default::default()).boxed();
+        assert!(matches!(read_to_limit(limited, 100).await, Err(ReadError::TooLarge(3))));
     }
 }

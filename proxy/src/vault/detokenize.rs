@@ -27,8 +27,9 @@ use serde_json::Value;
 
 use super::expr::{self, ParseError};
 use super::tokens::{Token, VaultRule};
-use super::{Collected, RouteVault, collect, unavailable};
+use super::{RouteVault, unavailable};
 use crate::body::Body;
+use crate::body::{ReadError, read_to_limit};
 use crate::error::ProxyError;
 
 /// The part of a request an expression sits in.
@@ -182,10 +183,10 @@ pub(super) async fn request(
     let (payload, body_units) = if kind == BodyKind::Other {
         (Err(body), Vec::new())
     } else {
-        let raw = match collect(body, u64::MAX).await {
+        let raw = match read_to_limit(body, u64::MAX).await {
             Ok(raw) => raw,
-            Err(Collected::TooLarge(limit)) => return Err(ProxyError::BodyTooLarge(limit)),
-            Err(Collected::Failed) => return Err(ProxyError::BadRequest("the request body could not be read")),
+            Err(ReadError::TooLarge(limit)) => return Err(ProxyError::BodyTooLarge(limit)),
+            Err(ReadError::Failed(_)) => return Err(ProxyError::BadRequest("the request body could not be read")),
         };
         let units = match kind {
             BodyKind::Form => scan.form(&raw, Part::BodyField)?,

@@ -20,9 +20,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::tokens::{Token, VaultRule, parse_ttl};
-use super::{Collected, collect, unavailable};
+use super::unavailable;
 use crate::apikeys::ApiKeys;
 use crate::body::Body;
+use crate::body::{BoxError, ReadError, read_to_limit};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
@@ -96,10 +97,10 @@ impl Endpoint {
             return Err(ProxyError::InvalidApiKey);
         };
         metrics.app_request(&self.rule.id, app);
-        let raw = match collect(req.into_body().map_err(Into::into).boxed(), MAX_BODY).await {
+        let raw = match read_to_limit(req.into_body().map_err(BoxError::from).boxed(), MAX_BODY).await {
             Ok(raw) => raw,
-            Err(Collected::TooLarge(limit)) => return Err(ProxyError::BodyTooLarge(limit)),
-            Err(Collected::Failed) => return Err(ProxyError::BadRequest("the request body could not be read")),
+            Err(ReadError::TooLarge(limit)) => return Err(ProxyError::BodyTooLarge(limit)),
+            Err(ReadError::Failed(_)) => return Err(ProxyError::BadRequest("the request body could not be read")),
         };
         // serde's messages quote the offending input, which is the data: say only what is expected.
         let request: NewTokens = serde_json::from_slice(&raw).map_err(|_| {

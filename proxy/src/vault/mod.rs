@@ -19,12 +19,10 @@ pub mod tokens;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
 use keygate_crds::snapshot::Route;
 use keygate_crds::{SecretSnapshot, Snapshot};
 
-use crate::body::{Body, BodyTooLarge, LimitedBody};
+use crate::body::Body;
 use crate::config::{ConfigError, LiveRoute};
 use crate::error::ProxyError;
 use crate::pipeline::limits::media_type;
@@ -125,28 +123,6 @@ pub async fn tokenize(route: &LiveRoute, parts: &mut http::response::Parts, body
     }
 }
 
-/// Why a body could not be buffered.
-enum Collected {
-    /// Larger than the limit (of this buffer, or of a limit already wrapped around the body).
-    TooLarge(u64),
-    /// The peer failed mid-body.
-    Failed,
-}
-
-/// Buffers `body`, at most `limit` bytes.
-async fn collect(body: Body, limit: u64) -> Result<Bytes, Collected> {
-    // Boxed, so the future holds no `LimitedBody` and its `Into<BoxError>` bound, which
-    // rustc cannot prove `Send` for all lifetimes inside an async fn.
-    let limited = LimitedBody::new(body, limit, Default::default()).boxed();
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) => match e.downcast_ref::<BodyTooLarge>() {
-            Some(BodyTooLarge(limit)) => Err(Collected::TooLarge(*limit)),
-            None => Err(Collected::Failed),
-        },
-    }
-}
-
 /// Logs a store failure with the rule it hit (never a key or value) and answers 503.
 fn unavailable(rule: &VaultRule, e: StoreError) -> ProxyError {
     tracing::warn!(rule = %rule.id, error = %e, "token store failed");
@@ -156,25 +132,4 @@ fn unavailable(rule: &VaultRule, e: StoreError) -> ProxyError {
 /// `application/json` and every `+json` type.
 fn is_json(media: &str) -> bool {
     media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::Full;
-
-    fn body(n: usize) -> Body {
-        Full::new(Bytes::from(vec![b'x'; n]))
-            .map_err(|never| match never {})
-            .boxed()
-    }
-
-    #[tokio::test]
-    async fn collect_names_the_limit_that_was_crossed() {
-        assert_eq!(collect(body(5), 5).await.ok().map(|b| b.len()), Some(5));
-        assert!(matches!(collect(body(6), 5).await, Err(Collected::TooLarge(5))));
-        // A limit already wrapped around the body (the route's bodyLimit) is reported as such.
-        let limited = LimitedBody::new(body(6), 3, Default::default()).boxed();
-        assert!(matches!(collect(limited, 100).await, Err(Collected::TooLarge(3))));
-    }
 }

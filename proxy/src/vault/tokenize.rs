@@ -15,8 +15,9 @@ use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
 use super::tokens::Token;
-use super::{Collected, RouteVault, collect, is_json, media_type, unavailable};
+use super::{RouteVault, is_json, media_type, unavailable};
 use crate::body::Body;
+use crate::body::{ReadError, read_to_limit};
 use crate::error::ProxyError;
 
 /// Largest JSON answer tokenized: 16 MiB.
@@ -35,10 +36,10 @@ pub(super) async fn response(vault: &RouteVault, parts: &mut Parts, body: Body) 
             "it is compressed (Content-Encoding)",
         ));
     }
-    let raw = match collect(body, MAX_RESPONSE).await {
+    let raw = match read_to_limit(body, MAX_RESPONSE).await {
         Ok(raw) => raw,
-        Err(Collected::TooLarge(limit)) => return Err(ProxyError::ResponseTooLarge(limit)),
-        Err(Collected::Failed) => return Err(ProxyError::BadGateway),
+        Err(ReadError::TooLarge(limit)) => return Err(ProxyError::ResponseTooLarge(limit)),
+        Err(ReadError::Failed(_)) => return Err(ProxyError::BadGateway),
     };
     if raw.is_empty() {
         // HEAD answers and 204s: nothing to vault, and their Content-Length stays as sent.
