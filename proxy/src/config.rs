@@ -3,6 +3,7 @@
 //! upstream clients. Built and validated off the request path; once built it never changes, and
 //! a reload swaps in a whole new one.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,7 +69,7 @@ pub enum ConfigError {
         /// Field and what is wrong; never a secret value.
         message: String,
     },
-    /// A policy (session chain, vault rule) field cannot be used.
+    /// A policy (session chain, vault rule, cookie translation, allowlist) field cannot be used.
     #[error("policy {policy}: {field}: {message}")]
     Policy {
         /// `namespace/name` of the policy.
@@ -98,8 +99,8 @@ pub struct LiveRoute {
     pub request_timeout: Duration,
     /// CORS rules.
     pub cors: Option<Cors>,
-    /// The cookie translation the route uses.
-    pub cookie: Option<CookieTranslation>,
+    /// The cookie translation the route uses, shared with every route that names it.
+    pub cookie: Option<Arc<CookieTranslation>>,
     /// For `auth: apiKey`: the header carrying the key, and the keys.
     pub api_keys: Option<(HeaderName, ApiKeys)>,
     /// Every header that names a destination in this config: read by allowlist routes,
@@ -157,10 +158,11 @@ impl Config {
         }
         let vault = crate::vault::Vaults::build(snapshot, secrets, stores)?;
         let chains = Chains::build(snapshot, secrets, stores)?;
+        let referenced = Referenced::build(snapshot, secrets, stores)?;
         let mut client_keys = Vec::new();
         let mut entries = Vec::with_capacity(snapshot.routes.len());
         for route in &snapshot.routes {
-            let (key, mut live) = build_route(route, snapshot, secrets, clients, stores)?;
+            let (key, mut live) = build_route(route, &referenced, secrets, clients)?;
             live.vault = vault.for_route(route)?;
             live.chain = chains.for_route(route)?;
             if !client_keys.contains(&key) {
@@ -198,12 +200,57 @@ impl Config {
     }
 }
 
+/// What routes reference by id, built once per config and shared by every route naming it — not
+/// once per route: allowlists, cookie translations (with their sealers and stores), and the
+/// destination headers every route checks.
+struct Referenced {
+    destination_headers: Arc<[HeaderName]>,
+    allowlists: HashMap<String, Arc<Allowlist>>,
+    cookies: HashMap<String, Arc<CookieTranslation>>,
+}
+
+impl Referenced {
+    /// Builds what the snapshot's routes reference, each once.
+    fn build(snapshot: &Snapshot, secrets: &SecretSnapshot, stores: &Stores) -> Result<Referenced, ConfigError> {
+        let policy = |id: &str, field: &str, message: String| ConfigError::Policy {
+            policy: id.to_string(),
+            field: field.to_string(),
+            message,
+        };
+        let mut allowlists = HashMap::new();
+        let mut cookies = HashMap::new();
+        for route in &snapshot.routes {
+            if let Destination::Allowlist { allowlist: id } = &route.destination
+                && !allowlists.contains_key(id)
+            {
+                let list = Allowlist::build(id, snapshot).map_err(|m| policy(id, "spec", m))?;
+                allowlists.insert(id.clone(), Arc::new(list));
+            }
+            if let Some(id) = &route.cookie_translation
+                && !cookies.contains_key(id)
+            {
+                let spec = snapshot
+                    .cookie_translations
+                    .get(id)
+                    .ok_or_else(|| policy(id, "cookieTranslationRef", "is not in the snapshot".into()))?;
+                let built = CookieTranslation::build(id, spec, snapshot, secrets, stores)
+                    .map_err(|(field, message)| policy(id, &field, message))?;
+                cookies.insert(id.clone(), Arc::new(built));
+            }
+        }
+        Ok(Referenced {
+            destination_headers: external::destination_headers(snapshot),
+            allowlists,
+            cookies,
+        })
+    }
+}
+
 fn build_route(
     route: &Route,
-    snapshot: &Snapshot,
+    referenced: &Referenced,
     secrets: &SecretSnapshot,
     clients: &ClientCache,
-    stores: &Stores,
 ) -> Result<(ClientKey, LiveRoute), ConfigError> {
     let bad = |field: &str, message: String| ConfigError::Route {
         route: route.id.clone(),
@@ -229,9 +276,13 @@ fn build_route(
                 base_path,
             }
         }
-        Destination::Allowlist { allowlist } => Target::Allowlist(Arc::new(
-            Allowlist::build(allowlist, snapshot).map_err(|m| bad("allowlistRef", m))?,
-        )),
+        Destination::Allowlist { allowlist } => Target::Allowlist(
+            referenced
+                .allowlists
+                .get(allowlist)
+                .cloned()
+                .ok_or_else(|| bad("allowlistRef", format!("{allowlist} is not in the snapshot")))?,
+        ),
     };
     let mut inject = Vec::with_capacity(route.forward_headers.len());
     for (i, h) in route.forward_headers.iter().enumerate() {
@@ -272,18 +323,17 @@ fn build_route(
         .map(Cors::new)
         .transpose()
         .map_err(|m| bad("cors", m))?;
-    let cookie = match &route.cookie_translation {
-        None => None,
-        Some(id) => {
-            let spec = snapshot
-                .cookie_translations
+    let cookie = route
+        .cookie_translation
+        .as_ref()
+        .map(|id| {
+            referenced
+                .cookies
                 .get(id)
-                .ok_or_else(|| bad("cookieTranslation", format!("{id} is not in the snapshot")))?;
-            let built = CookieTranslation::build(id, spec, snapshot, secrets, stores)
-                .map_err(|(field, message)| bad(&format!("CookieTranslation {id}: {field}"), message))?;
-            Some(built)
-        }
-    };
+                .cloned()
+                .ok_or_else(|| bad("cookieTranslationRef", format!("{id} is not in the snapshot")))
+        })
+        .transpose()?;
     let api_keys = match &route.api_key {
         None => None,
         Some(auth) => {
@@ -327,7 +377,7 @@ fn build_route(
             cors,
             cookie,
             api_keys,
-            destination_headers: external::destination_headers(snapshot),
+            destination_headers: referenced.destination_headers.clone(),
             vault: None,
             chain: None,
         },
@@ -347,13 +397,9 @@ pub(crate) fn test_route(overrides: serde_json::Value) -> LiveRoute {
         route[k] = v.clone();
     }
     let route: Route = serde_json::from_value(route).expect("a valid route");
-    build_route(
-        &route,
-        &Snapshot::default(),
-        &SecretSnapshot::default(),
-        &ClientCache::default(),
-        &Stores::default(),
-    )
-    .expect("a buildable route")
-    .1
+    let secrets = SecretSnapshot::default();
+    let referenced = Referenced::build(&Snapshot::default(), &secrets, &Stores::default()).expect("nothing to build");
+    build_route(&route, &referenced, &secrets, &ClientCache::default())
+        .expect("a buildable route")
+        .1
 }
