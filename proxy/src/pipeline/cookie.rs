@@ -53,6 +53,8 @@ pub enum Step {
 pub struct CookieTranslation {
     id: String,
     cookie: String,
+    /// What sealed cookie values are bound to, so a cookie of one translation opens for no other.
+    context: String,
     attributes: String,
     csrf_cookie: Option<String>,
     csrf_attributes: String,
@@ -143,6 +145,7 @@ impl CookieTranslation {
             _ => stores.memory(),
         };
         Ok(CookieTranslation {
+            context: format!("cookie:{id}:{cookie}"),
             id: id.to_string(),
             cookie,
             csrf_attributes: attrs.clone(),
@@ -298,7 +301,7 @@ impl CookieTranslation {
 
     fn seal_payload(&self, payload: &str) -> String {
         match &self.sealer {
-            Some(s) => s.seal(payload.as_bytes(), self.context().as_bytes()),
+            Some(s) => s.seal(payload.as_bytes(), self.context.as_bytes()),
             None => payload.to_string(),
         }
     }
@@ -309,7 +312,7 @@ impl CookieTranslation {
         let payload = match &self.sealer {
             Some(s) => {
                 opened = s
-                    .open(value, self.context().as_bytes())
+                    .open(value, self.context.as_bytes())
                     .map_err(|_| ProxyError::SessionInvalid)?;
                 std::str::from_utf8(&opened).map_err(|_| ProxyError::SessionInvalid)?
             }
@@ -335,10 +338,6 @@ impl CookieTranslation {
             }
             None => Ok(stored),
         }
-    }
-
-    fn context(&self) -> String {
-        format!("cookie:{}:{}", self.id, self.cookie)
     }
 
     fn store_key(&self, handle: &str) -> String {
