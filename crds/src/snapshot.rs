@@ -103,6 +103,9 @@ pub struct Route {
     /// Let `Cookie` and `Set-Cookie` through.
     #[serde(default)]
     pub cookie_passthrough: bool,
+    /// Serve paths with encoded slashes and backslashes, forwarding them still encoded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_encoded_slashes: bool,
     /// Extra CA bundle (PEM) trusted for this upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<SecretId>,

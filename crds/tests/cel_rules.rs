@@ -124,6 +124,10 @@ fn proxy_route_valid() {
             allowlistRef: ok
             cors: {allowOrigins: ['*']}",
             "
+            pathPrefix: /.well-known/a..b;v=1
+            upstream: https://api.example.com
+            allowEncodedSlashes: true",
+            "
             upstream: https://api.example.com
             auth: cookie
             cookieTranslationRef: ok",
@@ -143,7 +147,7 @@ fn proxy_route_valid() {
 #[test]
 fn proxy_route_rules() {
     const PREFIX: &str = "pathPrefix must start with '/', e.g. /api/payments";
-    const PLAIN: &str = "pathPrefix must be a plain path: no '//', '..' segments, '?' or '#'";
+    const PLAIN: &str = "pathPrefix must be a plain path as requests are routed after normalization: no '//', '.' or '..' segments, '%' escapes, backslashes, '?' or '#'";
     const URL: &str = "upstream must be an absolute http:// or https:// URL without userinfo, query or fragment, e.g. https://api.example.com/v1";
     const ONE_DESTINATION: &str =
         "set exactly one of upstream (a fixed destination) or allowlistRef (the client names the destination)";
@@ -173,6 +177,26 @@ fn proxy_route_rules() {
             ),
             (
                 "{pathPrefix: '/a?b', upstream: 'https://a.example'}",
+                "spec.pathPrefix",
+                PLAIN,
+            ),
+            (
+                "{pathPrefix: /a/./b, upstream: 'https://a.example'}",
+                "spec.pathPrefix",
+                PLAIN,
+            ),
+            (
+                "{pathPrefix: /a/., upstream: 'https://a.example'}",
+                "spec.pathPrefix",
+                PLAIN,
+            ),
+            (
+                "{pathPrefix: /%61pi, upstream: 'https://a.example'}",
+                "spec.pathPrefix",
+                PLAIN,
+            ),
+            (
+                "{pathPrefix: '/a\\b', upstream: 'https://a.example'}",
                 "spec.pathPrefix",
                 PLAIN,
             ),

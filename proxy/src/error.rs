@@ -28,6 +28,12 @@ pub enum ProxyError {
     /// The request cannot be forwarded as sent.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The path has a spelling Keygate refuses to forward (see `pipeline::path`).
+    #[error("bad path: {0}")]
+    BadPath(&'static str),
+    /// The path is longer than Keygate serves.
+    #[error("the path is longer than {0} bytes")]
+    PathTooLong(usize),
     /// Opening the upstream connection took longer than the route's connect timeout.
     #[error("connecting to the upstream timed out")]
     UpstreamConnectTimeout,
@@ -155,6 +161,8 @@ impl ProxyError {
             ProxyError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             ProxyError::BodyTooLarge(_) => "BODY_TOO_LARGE",
             ProxyError::BadRequest(_) => "BAD_REQUEST",
+            ProxyError::BadPath(_) => "BAD_PATH",
+            ProxyError::PathTooLong(_) => "PATH_TOO_LONG",
             ProxyError::UpstreamConnectTimeout => "UPSTREAM_CONNECT_TIMEOUT",
             ProxyError::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             ProxyError::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
@@ -198,7 +206,8 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::PathTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamUnavailable
             | ProxyError::UpstreamTls(_)

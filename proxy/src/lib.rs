@@ -20,5 +20,7 @@ pub mod seal;
 pub mod server;
 pub mod source;
 pub mod store;
+#[cfg(test)]
+mod test_rng;
 pub mod upstream;
 pub mod vault;

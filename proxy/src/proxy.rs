@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::auth::Caller;
 use crate::pipeline::cookie::Step;
 use crate::pipeline::cors::Cors;
+use crate::pipeline::path::{self, BadPath};
 use crate::pipeline::{auth, chain, csrf, limits, ratelimit, request, response};
 use crate::store::Stores;
 use crate::upstream::ClientCache;
@@ -40,13 +41,15 @@ pub struct Shared {
 }
 
 /// Serves one request.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
+    // Before anything reads the path: routing and every stage see its one canonical spelling.
+    let normalized = path::normalize_uri(req.uri_mut());
     // Paths only: query strings may carry tokens and never reach the log. Copied only when
     // the access log is on, since the request is consumed before the line is written.
     let access = tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
-    let config = shared.config.load_full();
+    let config = shared.config.load_full().filter(|_| normalized.is_ok());
     // Keygate's own endpoints (tokenize, session create) come before any route.
     let path = req.uri().path();
     let endpoint = config.as_ref().and_then(|c| c.vault.endpoint(path)).cloned();
@@ -60,6 +63,12 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
     let covering = config.as_ref().and_then(|c| c.route(path)).cloned();
     let own = endpoint.is_some() || create.is_some();
     let route = covering.clone().filter(|_| !own);
+    // Encoded slashes are the one spelling a route may opt in to; Keygate's own endpoints never do.
+    let normalized = normalized.and_then(|encoded_slash| match &route {
+        Some(r) if encoded_slash && !r.spec.allow_encoded_slashes => Err(BadPath::EncodedSlash),
+        None if encoded_slash => Err(BadPath::EncodedSlash),
+        _ => Ok(()),
+    });
     // CORS headers go on every answer of a CORS route, Keygate's own errors included, so the
     // page can read them; the Origin is kept before the request is consumed.
     let preflight = Cors::is_preflight_request(&req);
@@ -67,7 +76,9 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
     let cors_origin = cors
         .filter(|_| !preflight)
         .map(|_| req.headers().get(http::header::ORIGIN).cloned());
-    let result = if let Some(cors) = cors.filter(|_| own && preflight) {
+    let result = if let Err(bad) = normalized {
+        Err(ProxyError::from(bad))
+    } else if let Some(cors) = cors.filter(|_| own && preflight) {
         cors.preflight(&req.into_parts().0)
     } else {
         match (&config, &route, &endpoint, &create) {

@@ -95,6 +95,43 @@ async fn allowed_destination_gets_the_request_path_and_query_appended() {
     );
 }
 
+/// The named base path and the request path both get the canonical spelling, so nothing
+/// reaches the destination outside the base path the client named.
+#[tokio::test]
+async fn destination_paths_are_normalized_like_request_paths() {
+    let p = Partner::start("api.partner.test").await;
+    let served = [
+        ("/ext/x", "/api/v1/../v2", "/api/v2/x"),
+        ("/ext/a/../y", "/api/%2e/v1", "/api/v1/y"),
+        ("/ext/%2e%2e/ext/z", "/api", "/api/z"),
+    ];
+    for (path, base, expected) in served {
+        let got = p.get(path, Some(&p.target(base))).await;
+        assert_eq!(
+            got.status,
+            StatusCode::OK,
+            "{path} on {base}: {:?}",
+            String::from_utf8_lossy(&got.body)
+        );
+        assert_eq!(p.up.hits().last().unwrap().path_and_query, expected, "{path} on {base}");
+    }
+    let refused = [
+        ("/ext/x", "/api/../..", "DESTINATION_INVALID"),
+        ("/ext/x", "/api/..%2f..", "DESTINATION_INVALID"),
+        ("/ext/x", "/api/a%2Fb", "DESTINATION_INVALID"),
+        ("/ext/x", "/api/%252e%252e", "DESTINATION_INVALID"),
+        ("/ext/../../etc", "/api", "BAD_PATH"),
+        ("/ext/..%2f..%2fetc", "/api", "BAD_PATH"),
+    ];
+    let before = p.up.hits().len();
+    for (path, base, code) in refused {
+        let got = p.get(path, Some(&p.target(base))).await;
+        assert_eq!(got.status, StatusCode::BAD_REQUEST, "{path} on {base}");
+        assert_eq!(got.error_code(), code, "{path} on {base}: {}", message(&got));
+    }
+    assert_eq!(p.up.hits().len(), before, "nothing refused reached the destination");
+}
+
 #[tokio::test]
 async fn certificate_for_another_name_is_upstream_tls() {
     let p = Partner::start("other.partner.test").await;

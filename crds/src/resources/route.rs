@@ -37,7 +37,7 @@ pub struct ProxyRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("pathPrefix must start with '/', e.g. /api/payments"))]
-    #[x_kube(validation = Rule::new("!self.contains('//') && !self.contains('/../') && !self.endsWith('/..') && !self.contains('?') && !self.contains('#')").message("pathPrefix must be a plain path: no '//', '..' segments, '?' or '#'"))]
+    #[x_kube(validation = Rule::new("!self.contains('//') && !self.matches('^.*/[.][.]?(/.*)?$') && !self.contains('?') && !self.contains('#') && !self.contains('%') && !self.contains('\\\\')").message("pathPrefix must be a plain path as requests are routed after normalization: no '//', '.' or '..' segments, '%' escapes, backslashes, '?' or '#'"))]
     pub path_prefix: Option<String>,
 
     /// HTTP methods the route accepts; others get 405. Empty means all methods.
@@ -61,6 +61,12 @@ pub struct ProxyRouteSpec {
     /// Remove `pathPrefix` from the path before appending it to the upstream URL. Default true.
     #[serde(default = "default_true")]
     pub strip_prefix: bool,
+
+    /// Serve paths that carry encoded slashes or backslashes (`%2F`, `%5C`, `\`), passing them
+    /// to the upstream still encoded. Default false: such paths get `400 BAD_PATH`, because an
+    /// upstream that decodes them sees other segments than the ones Keygate routed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_encoded_slashes: bool,
 
     /// Time limits for the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -23,6 +23,7 @@ use keygate_crds::snapshot::{SecretId, secret_id};
 
 use crate::config::{LiveRoute, Target};
 use crate::error::ProxyError;
+use crate::pipeline::path::{self, BadPath};
 use guard::Guard;
 use url::Refusal;
 
@@ -97,8 +98,19 @@ impl Allowlist {
             .admit(&named)
             .map_err(|r| self.refusal(route, r, Some(&named.host)))?;
         let invalid = |rule| self.refusal(route, Refusal::Invalid(rule), Some(&named.host));
-        let base_path = named.path.trim_end_matches('/');
-        if !base_path.is_empty() && PathAndQuery::try_from(base_path).is_err() {
+        // The named base path gets the same canonical spelling as request paths, so the
+        // upstream cannot resolve it to somewhere else either.
+        let base_path = match named.path {
+            "" => String::new(),
+            named_path => match path::normalize(named_path) {
+                Ok(n) if n.encoded_slash && !route.spec.allow_encoded_slashes => {
+                    return Err(invalid(BadPath::EncodedSlash.reason()));
+                }
+                Ok(n) => n.path.trim_end_matches('/').to_string(),
+                Err(bad) => return Err(invalid(bad.reason())),
+            },
+        };
+        if !base_path.is_empty() && PathAndQuery::try_from(base_path.as_str()).is_err() {
             return Err(invalid("the path has characters a URL path cannot carry"));
         }
         let (scheme, default_port) = match named.scheme {
@@ -114,7 +126,7 @@ impl Allowlist {
         Ok(Base {
             scheme: Cow::Owned(scheme),
             authority: Cow::Owned(authority),
-            base_path: Cow::Owned(base_path.to_string()),
+            base_path: Cow::Owned(base_path),
         })
     }
 

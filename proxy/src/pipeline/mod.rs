@@ -1,5 +1,5 @@
 //! The request pipeline, one stage per module, in the order a request meets them:
-//! [`cors`] (preflights answered here) → [`limits`] (method, content type, body size) →
+//! [`path`] (one canonical spelling, before routing) → [`cors`] (preflights answered here) → [`limits`] (method, content type, body size) →
 //! [`cookie`] (session start and logout intercepted) → [`auth`] (cookie translated, API key
 //! checked) → [`csrf`] (unsafe methods) → [`ratelimit`] (token buckets) → [`chain`] (session-chain
 //! check and advance; its create path is served before routing) → destination (see
@@ -14,6 +14,7 @@ pub mod cookie;
 pub mod cors;
 pub mod csrf;
 pub mod limits;
+pub mod path;
 pub mod ratelimit;
 pub mod request;
 pub mod response;

@@ -136,6 +136,115 @@ mod tests {
         assert_eq!(forwarded(&root, "/a?q"), "http://127.0.0.1:1/a?q");
     }
 
+    /// What a lenient upstream makes of a path: every escape decoded (`times` over), `\\` read as
+    /// `/`, `;params` dropped from each segment, dot segments removed (clamped at the root).
+    fn resolved_by_lenient_upstream(path: &str, times: usize) -> String {
+        let mut bytes = path.as_bytes().to_vec();
+        for _ in 0..times {
+            let mut out = Vec::with_capacity(bytes.len());
+            let mut i = 0;
+            while i < bytes.len() {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (
+                    bytes[i],
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) {
+                    (b'%', Some(hi), Some(lo)) => {
+                        out.push((hi * 16 + lo) as u8);
+                        i += 3;
+                    }
+                    (b, ..) => {
+                        out.push(b);
+                        i += 1;
+                    }
+                }
+            }
+            bytes = out;
+        }
+        let text = String::from_utf8_lossy(&bytes).replace('\\', "/");
+        let mut kept: Vec<&str> = Vec::new();
+        for segment in text.split('/').skip(1) {
+            match segment.split(';').next().unwrap_or("") {
+                "." => {}
+                ".." => {
+                    kept.pop();
+                }
+                name => kept.push(name),
+            }
+        }
+        format!("/{}", kept.join("/"))
+    }
+
+    /// Random paths under the route's prefix, built from the pieces path tricks are made of.
+    fn random_path(rng: &mut crate::test_rng::Rng) -> String {
+        const PIECES: &[&str] = &[
+            "/", "/", "a", "..", ".", "%2e", "%2E", "%2f", "%2F", "%5c", "\\", ";", ";x=1", "%25", "%32", "%65",
+            "%c0%ae", "%c0", "%ae", "//", "%", "e", "2", "f", "%41", "~", "%7e", "admin", "?", "#", "%252e", "%252E",
+            "%252f", "%255c", "%2525",
+        ];
+        let mut path = String::from(if rng.below(8) == 0 { "/" } else { "/r/" });
+        for _ in 0..rng.below(12) {
+            path.push_str(PIECES[rng.below(PIECES.len())]);
+        }
+        path
+    }
+
+    /// The issue's property: whatever the path, what the upstream receives resolves (however
+    /// leniently the upstream decodes it, once or twice) to a path under the route's base path.
+    #[test]
+    fn nothing_reaches_the_upstream_outside_its_base_path() {
+        use super::super::path::normalize;
+        use crate::router::Router;
+        let routes = [
+            test_route(serde_json::json!({})),
+            test_route(serde_json::json!({"stripPrefix": false})),
+            test_route(serde_json::json!({"allowEncodedSlashes": true})),
+        ];
+        let router = Router::new([("/r".to_string(), ())]);
+        let (mut served, mut refused) = (0, 0);
+        for seed in 0..20_000u64 {
+            let mut rng = crate::test_rng::Rng::seeded(seed);
+            let raw = random_path(&mut rng);
+            let Ok(uri) = raw.parse::<Uri>() else { continue };
+            let Ok(n) = normalize(uri.path()) else {
+                refused += 1;
+                continue;
+            };
+            if router.lookup(&n.path).is_none() {
+                continue;
+            }
+            let canonical: Uri = match uri.query() {
+                Some(q) => format!("{}?{q}", n.path),
+                None => n.path.to_string(),
+            }
+            .parse()
+            .unwrap_or_else(|e| panic!("seed {seed}: canonical path {:?} does not parse: {e}", n.path));
+            for route in routes
+                .iter()
+                .filter(|r| !n.encoded_slash || r.spec.allow_encoded_slashes)
+            {
+                let sent = forwarded(route, &canonical.to_string());
+                let sent_path = sent.strip_prefix("http://127.0.0.1:1").unwrap();
+                let sent_path = sent_path.split('?').next().unwrap();
+                assert!(
+                    sent_path == "/base" || sent_path.starts_with("/base/"),
+                    "seed {seed}: {raw:?} sent as {sent}"
+                );
+                for times in 1..=2 {
+                    let seen = resolved_by_lenient_upstream(sent_path, times);
+                    assert!(
+                        seen == "/base" || seen.starts_with("/base/"),
+                        "seed {seed}: {raw:?} sent as {sent_path:?} resolves to {seen:?} after {times} decodings"
+                    );
+                }
+                served += 1;
+            }
+        }
+        // The generator must exercise both sides, or the property says nothing.
+        assert!(served > 5_000 && refused > 2_000, "served {served}, refused {refused}");
+    }
+
     fn rewritten(route: &LiveRoute, headers: &[(&str, &str)]) -> HeaderMap {
         let mut b = Request::get("/r");
         for (k, v) in headers {

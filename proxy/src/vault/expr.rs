@@ -200,6 +200,7 @@ pub fn splice<R: AsRef<[u8]>>(input: &[u8], edits: impl IntoIterator<Item = (Ran
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
 
     fn one(input: &str) -> Result<(Range<usize>, String, Option<String>), ParseError> {
         let found = parse(input.as_bytes(), 100)?;
@@ -321,21 +322,6 @@ mod tests {
         assert_eq!(out, b"a <x> b <y/k> c");
     }
 
-    /// xorshift64*: deterministic, so a failure names a seed that reproduces it.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
     /// Random inputs biased towards the grammar's own bytes, so that many contain expressions,
     /// near-expressions and every error path.
     fn random_input(rng: &mut Rng) -> Vec<u8> {
@@ -374,7 +360,7 @@ mod tests {
     #[test]
     fn random_inputs_never_panic_and_stay_bounded() {
         for seed in 1..=50_000u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut rng = Rng::seeded(seed);
             let input = random_input(&mut rng);
             let budget = rng.below(5);
             match parse(&input, budget) {
@@ -415,7 +401,7 @@ mod tests {
     fn random_expressions_round_trip() {
         const ID_BYTES: &[u8] = b"abcXYZ019._-";
         for seed in 1..=20_000u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut rng = Rng::seeded(seed);
             let mut input = Vec::new();
             let mut expected = Vec::new();
             for _ in 0..rng.below(6) {
