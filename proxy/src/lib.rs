@@ -9,6 +9,7 @@
 pub mod apikeys;
 pub mod body;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod external;
 pub mod metrics;

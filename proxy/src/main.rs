@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use keygate_crds::cidr::Cidr;
+use keygate_proxy::edge::Edge;
+use keygate_proxy::edge::tls::{Certs, MinVersion, TlsFiles};
+use keygate_proxy::pipeline::client::TrustedProxies;
 use keygate_proxy::process::{init_logging, shutdown_signal};
 use keygate_proxy::proxy::Shared;
 use keygate_proxy::server::{ListenerLimits, serve_admin, serve_proxy};
@@ -83,6 +87,25 @@ struct Serve {
     /// Seconds to let requests in flight finish on shutdown.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// Serve HTTPS with this PEM certificate chain (`tls.crt` of a mounted kubernetes.io/tls
+    /// Secret). Reloaded when it changes, polled like the configuration; the admin port stays
+    /// cleartext.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (`tls.key`).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Oldest TLS version accepted: 1.2 (default) or 1.3.
+    #[arg(long, value_name = "1.2|1.3", requires = "tls_cert")]
+    tls_min_version: Option<MinVersion>,
+    /// Load balancers whose X-Forwarded-For/-Proto/-Host are believed, as CIDRs or addresses
+    /// (comma-separated). From any other peer those headers are replaced.
+    #[arg(long, env = "KEYGATE_TRUSTED_PROXIES", value_name = "CIDR,...", value_delimiter = ',', value_parser = TrustedProxies::parse_entry)]
+    trusted_proxies: Vec<Cidr>,
+    /// Require a PROXY protocol v1 or v2 header (as network load balancers send) on every proxy
+    /// connection, before TLS; a connection without a valid one is closed.
+    #[arg(long)]
+    proxy_protocol: bool,
     /// Log format: `text` or `json`.
     #[arg(long, env = "KEYGATE_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -167,7 +190,24 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             Source::Kube(source)
         }
     };
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        trusted_proxies: TrustedProxies::new(args.trusted_proxies.clone()),
+        ..Shared::default()
+    });
+    let mut edge = Edge {
+        proxy_protocol: args.proxy_protocol,
+        ..Edge::default()
+    };
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let (certs, watch) = Certs::load(files).context("refusing to start")?;
+        let config = certs.server_config(args.tls_min_version.unwrap_or_default());
+        edge.tls = Some(config.into());
+        tokio::spawn(watch.run(shared.clone(), Duration::from_millis(args.poll_interval_ms)));
+    }
     let initial = match source::load_once(&source, &shared) {
         Ok((digest, config)) => {
             tracing::info!(hash = %config.hash, routes = config.route_count(), "configuration loaded");
@@ -188,7 +228,13 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding {}", args.admin_listen))?;
-    tracing::info!(proxy = %proxy_listener.local_addr()?, admin = %admin_listener.local_addr()?, "listening");
+    tracing::info!(
+        proxy = %proxy_listener.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        tls = edge.tls.is_some(),
+        proxy_protocol = edge.proxy_protocol,
+        "listening"
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -206,7 +252,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         max_header_bytes: args.max_header_bytes,
         drain: Duration::from_secs(args.drain_timeout_secs),
     };
-    let proxy = tokio::spawn(serve_proxy(proxy_listener, shared, limits, stopped(stop_rx)));
+    let proxy = tokio::spawn(serve_proxy(proxy_listener, shared, limits, edge, stopped(stop_rx)));
 
     shutdown_signal().await;
     tracing::info!("shutting down");

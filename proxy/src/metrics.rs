@@ -43,6 +43,14 @@ struct ReloadLabels {
     result: &'static str,
 }
 
+impl ReloadLabels {
+    fn of(applied: bool) -> ReloadLabels {
+        ReloadLabels {
+            result: if applied { "ok" } else { "refused" },
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InfoLabels {
     hash: String,
@@ -68,6 +76,7 @@ pub struct Metrics {
     upstream_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
     app_requests: Family<AppLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    tls_reloads: Family<ReloadLabels, Counter>,
     info: Family<InfoLabels, Gauge>,
     routes: Gauge,
     live_hash: Mutex<Option<String>>,
@@ -89,6 +98,7 @@ impl Metrics {
         );
         let app_requests = Family::<AppLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
+        let tls_reloads = Family::<ReloadLabels, Counter>::default();
         let info = Family::<InfoLabels, Gauge>::default();
         let routes = Gauge::default();
         registry.register("requests", "Requests answered, by route and status", requests.clone());
@@ -107,6 +117,11 @@ impl Metrics {
             "Configuration changes applied (ok) or refused",
             reloads.clone(),
         );
+        registry.register(
+            "tls_reloads",
+            "Listener certificate changes on disk applied (ok) or refused (the old pair keeps serving)",
+            tls_reloads.clone(),
+        );
         registry.register("config_info", "The live configuration, by content hash", info.clone());
         registry.register("config_routes", "Routes in the live configuration", routes.clone());
         Metrics {
@@ -115,6 +130,7 @@ impl Metrics {
             upstream_seconds,
             app_requests,
             reloads,
+            tls_reloads,
             info,
             routes,
             live_hash: Mutex::new(None),
@@ -148,8 +164,12 @@ impl Metrics {
 
     /// Counts a reload that was applied or refused.
     pub fn reload(&self, applied: bool) {
-        let result = if applied { "ok" } else { "refused" };
-        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.reloads.get_or_create(&ReloadLabels::of(applied)).inc();
+    }
+
+    /// Counts a listener certificate change that was applied or refused.
+    pub fn tls_reload(&self, applied: bool) {
+        self.tls_reloads.get_or_create(&ReloadLabels::of(applied)).inc();
     }
 
     /// Marks `hash` as the live configuration.

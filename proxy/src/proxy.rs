@@ -2,7 +2,7 @@
 //! forward upstream with timeouts, and turn any failure into its `proxy_error` response. Also
 //! the one place requests are counted and access-logged.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -18,6 +18,7 @@ use crate::error::ProxyError;
 use crate::external::{self, resolve::Refused};
 use crate::metrics::Metrics;
 use crate::pipeline::auth::Caller;
+use crate::pipeline::client::{self, Client, Connection, TrustedProxies};
 use crate::pipeline::cookie::Step;
 use crate::pipeline::cors::Cors;
 use crate::pipeline::path::{self, BadPath};
@@ -38,11 +39,14 @@ pub struct Shared {
     pub clients: ClientCache,
     /// Session, token and rate-limit stores, kept across reloads.
     pub stores: Stores,
+    /// Peers whose `X-Forwarded-*` headers are believed (`--trusted-proxies`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Serves one request.
-pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, conn: Connection) -> Response<Body> {
     let started = Instant::now();
+    let client = client::resolve(&conn, req.headers(), &shared.trusted_proxies);
     // Before anything reads the path: routing and every stage see its one canonical spelling.
     let normalized = path::normalize_uri(req.uri_mut());
     // Paths only: query strings may carry tokens and never reach the log. Copied only when
@@ -83,10 +87,10 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
     } else {
         match (&config, &route, &endpoint, &create) {
             (_, _, Some(endpoint), _) => endpoint.serve(&shared.metrics, req).await,
-            (_, _, _, Some(policy)) => create_session(&shared, policy, covering.as_deref(), req, peer).await,
+            (_, _, _, Some(policy)) => create_session(&shared, policy, covering.as_deref(), req, client.addr).await,
             (None, ..) => Err(ProxyError::NotReady),
             (Some(_), None, ..) => Err(ProxyError::RouteNotFound),
-            (Some(_), Some(route), ..) => forward(&shared, route, req, peer).await,
+            (Some(_), Some(route), ..) => forward(&shared, route, req, &client).await,
         }
     };
     let route_id = route.as_ref().map(|r| &r.id).or(endpoint.as_ref().map(|e| e.id()));
@@ -105,6 +109,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
     if let Some((method, path)) = access {
         tracing::info!(
             target: "keygate::access",
+            client = %client.addr,
             method = %method,
             path = %path,
             route = route_id.map_or("-", |id| &**id),
@@ -123,11 +128,11 @@ async fn create_session(
     policy: &chain::ChainPolicy,
     covering: Option<&LiveRoute>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: IpAddr,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
     if let Some(route) = covering {
-        ratelimit::check(shared, route, &parts, None, peer).await?;
+        ratelimit::check(shared, route, &parts, None, client).await?;
     }
     chain::create(shared, policy, Request::from_parts(parts, body)).await
 }
@@ -136,7 +141,7 @@ async fn forward(
     shared: &Shared,
     route: &LiveRoute,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: &Client,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     if let Some(cors) = &route.cors
@@ -151,9 +156,9 @@ async fn forward(
     if let (Step::Logout, Some(cookie)) = (step, &route.cookie) {
         return cookie.logout(&parts.headers).await;
     }
-    ratelimit::check(shared, route, &parts, caller.app.as_deref(), peer).await?;
+    ratelimit::check(shared, route, &parts, caller.app.as_deref(), client.addr).await?;
     let advanced = chain::check(shared, route, &mut parts).await?;
-    chain::signal(advanced, send(shared, route, parts, body, peer, step, caller).await)
+    chain::signal(advanced, send(shared, route, parts, body, client, step, caller).await)
 }
 
 /// Sends the request upstream and passes the answer back.
@@ -162,13 +167,13 @@ async fn send(
     route: &LiveRoute,
     mut parts: http::request::Parts,
     body: Incoming,
-    peer: SocketAddr,
+    client: &Client,
     step: Step,
     caller: Caller,
 ) -> Result<Response<Body>, ProxyError> {
     let base = external::destination(route, &mut parts.headers)?;
     // Headers first: an HTTP/2 client's host is the request URI's authority, about to be replaced.
-    request::rewrite_headers(route, &mut parts, peer);
+    request::rewrite_headers(route, &mut parts, client);
     if let Some((name, value)) = caller.upstream_auth {
         parts.headers.insert(name, value);
     }

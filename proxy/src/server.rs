@@ -1,6 +1,7 @@
-//! The listeners: the proxy port (HTTP/1.1 and HTTP/2, connection cap, graceful drain) and the
-//! admin port (`/healthz`, `/readyz`, `/metrics`), each on its own socket so probes and scrapes
-//! never queue behind client traffic.
+//! The listeners: the proxy port (HTTP/1.1 and HTTP/2, after the PROXY header and TLS handshake
+//! of [`crate::edge`]; connection cap, graceful drain) and the admin port (`/healthz`, `/readyz`,
+//! `/metrics`; always cleartext), each on its own socket so probes and scrapes never queue
+//! behind client traffic.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,10 +15,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::edge::{Accepted, Edge};
+use crate::pipeline::client::Connection;
 use crate::proxy::{Shared, handle};
 
 /// Limits of the proxy listener.
@@ -46,6 +50,7 @@ pub async fn serve_proxy(
     listener: TcpListener,
     shared: Arc<Shared>,
     limits: ListenerLimits,
+    edge: Edge,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -61,6 +66,8 @@ pub async fn serve_proxy(
     if let Ok(addr) = listener.local_addr() {
         shared.clients.network.add_listener(addr);
     }
+    let builder = Arc::new(builder);
+    let edge = Arc::new(edge);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -85,16 +92,14 @@ pub async fn serve_proxy(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let (shared, edge, builder, watcher) = (shared.clone(), edge.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            // The PROXY header and the TLS handshake come first, off the accept loop.
+            if let Some((io, conn)) = edge.accept(stream, peer).await {
+                match io {
+                    Accepted::Plain(io) => serve_connection(&builder, io, shared, conn, watcher).await,
+                    Accepted::Tls(io) => serve_connection(&builder, io, shared, conn, watcher).await,
+                }
             }
             drop(permit);
         });
@@ -104,6 +109,26 @@ pub async fn serve_proxy(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(limits.drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (by ALPN or preface) on one accepted connection until it ends.
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    shared: Arc<Shared>,
+    conn: Connection,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(shared, req, conn).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

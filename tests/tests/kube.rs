@@ -17,6 +17,7 @@ use keygate_crds::resources::{ProxyRoute, Status};
 use keygate_operator::metrics::Metrics;
 use keygate_operator::output::Target;
 use keygate_operator::run::{Settings, run};
+use keygate_proxy::edge::Edge;
 use keygate_proxy::proxy::Shared;
 use keygate_proxy::server::{ListenerLimits, serve_proxy};
 use keygate_proxy::source::{self, Source, kube::KubeSource};
@@ -177,6 +178,7 @@ async fn kube_proxy_as(client: Client, ns: &str) -> (std::net::SocketAddr, Arc<S
         listener,
         shared.clone(),
         ListenerLimits::default(),
+        Edge::default(),
         std::future::pending(),
     ));
     (addr, shared)

@@ -1,5 +1,5 @@
 //! The request pipeline, one stage per module, in the order a request meets them:
-//! [`path`] (one canonical spelling, before routing) → [`cors`] (preflights answered here) → [`limits`] (method, content type, body size) →
+//! [`client`] (who is asking, resolved once per request) → [`path`] (one canonical spelling, before routing) → [`cors`] (preflights answered here) → [`limits`] (method, content type, body size) →
 //! [`cookie`] (session start and logout intercepted) → [`auth`] (cookie translated, API key
 //! checked) → [`csrf`] (unsafe methods) → [`ratelimit`] (token buckets) → [`chain`] (session-chain
 //! check and advance; its create path is served before routing) → destination (see
@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod chain;
+pub mod client;
 pub mod cookie;
 pub mod cors;
 pub mod csrf;

@@ -6,10 +6,10 @@
 //! route's session-chain store (Redis when the chain is shared across replicas); `per: route` and
 //! `per: client` use the process's memory store, so they count per replica. A request whose app
 //! or session cannot be told (no chain on the route, unknown key, no session header) is counted
-//! per client address instead: it cannot escape the limit by leaving the header out. Bucket keys
+//! per client address (see [`super::client`]) instead: it cannot escape the limit by leaving the header out. Bucket keys
 //! go through `store::key`, so session ids and addresses are hashed.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -26,12 +26,12 @@ pub async fn check(
     route: &LiveRoute,
     parts: &Parts,
     app: Option<&str>,
-    peer: SocketAddr,
+    client: IpAddr,
 ) -> Result<(), ProxyError> {
     let Some(limit) = &route.spec.rate_limit else {
         return Ok(());
     };
-    let (store, who) = bucket(shared, route, limit.per, parts, app, peer);
+    let (store, who) = bucket(shared, route, limit.per, parts, app, client);
     let rate = limit.requests_per_second.max(1) as f64;
     let burst = u32::try_from(limit.burst.unwrap_or(limit.requests_per_second).max(1)).unwrap_or(u32::MAX);
     match store.take(&store::key("rate", &route.id, &who), rate, burst).await {
@@ -51,7 +51,7 @@ fn bucket(
     per: RateLimitKey,
     parts: &Parts,
     app: Option<&str>,
-    peer: SocketAddr,
+    client: IpAddr,
 ) -> (Arc<dyn Store>, Vec<u8>) {
     let chain = route.chain.as_ref();
     match per {
@@ -79,5 +79,5 @@ fn bucket(
         }
         RateLimitKey::Client => {}
     }
-    (shared.stores.memory(), format!("client\n{}", peer.ip()).into_bytes())
+    (shared.stores.memory(), format!("client\n{client}").into_bytes())
 }

@@ -1,15 +1,30 @@
 //! Builds the upstream request from the client's: the upstream URL (prefix stripped, path and
 //! query appended to the base), hop-by-hop headers and the browser's cookies dropped,
-//! `X-Forwarded-*` set, and the route's headers injected over anything the client sent.
+//! `X-Forwarded-*` set from the resolved [`Client`], and the route's headers injected over
+//! anything the client sent.
 
-use std::net::SocketAddr;
-
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Uri, request::Parts};
 
+use super::client::Client;
 use crate::config::LiveRoute;
 use crate::error::ProxyError;
+
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers in which a client claims who it is or how it came; only Keygate writes them upstream.
+const CLIENT_CLAIMS: [HeaderName; 6] = [
+    header::FORWARDED,
+    X_REAL_IP,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    HeaderName::from_static("x-forwarded-port"),
+];
 
 /// The upstream URI for a request to `path_and_query` on `route`.
 pub fn upstream_uri(
@@ -45,12 +60,14 @@ pub fn upstream_uri(
 }
 
 /// Rewrites the client's headers in place into the upstream's.
-pub fn rewrite_headers(route: &LiveRoute, parts: &mut Parts, peer: SocketAddr) {
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+pub fn rewrite_headers(route: &LiveRoute, parts: &mut Parts, client: &Client) {
+    let original_host = client.host.clone().or_else(|| {
+        parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
     });
     let headers = &mut parts.headers;
     super::strip_hop_by_hop(headers);
@@ -61,10 +78,15 @@ pub fn rewrite_headers(route: &LiveRoute, parts: &mut Parts, peer: SocketAddr) {
     } else {
         headers.remove(header::COOKIE);
     }
-    forwarded_for(headers, peer);
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    for name in &CLIENT_CLAIMS {
+        headers.remove(name);
+    }
+    let addr = HeaderValue::from_str(&client.addr.to_string()).expect("an IP address is a header value");
+    headers.insert(X_FORWARDED_FOR, client.chain.clone().unwrap_or_else(|| addr.clone()));
+    headers.insert(X_REAL_IP, addr);
+    headers.insert(X_FORWARDED_PROTO, client.proto.header());
     if let Some(host) = original_host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
     for (name, value) in &route.inject {
         headers.insert(name.clone(), value.clone());
@@ -87,22 +109,11 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the peer to `X-Forwarded-For`, keeping the chain earlier proxies built.
-fn forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert("x-forwarded-for", v);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Target, test_route};
+    use crate::pipeline::client::{self, Connection, TrustedProxies};
     use http::Request;
 
     fn forwarded(route: &LiveRoute, uri: &str) -> String {
@@ -251,7 +262,13 @@ mod tests {
             b = b.header(*k, *v);
         }
         let mut parts = b.body(()).unwrap().into_parts().0;
-        rewrite_headers(route, &mut parts, "192.0.2.7:5000".parse().unwrap());
+        let conn = Connection {
+            peer: "192.0.2.7:5000".parse().unwrap(),
+            proxied: None,
+            tls: false,
+        };
+        let client = client::resolve(&conn, &parts.headers, &TrustedProxies::default());
+        rewrite_headers(route, &mut parts, &client);
         parts.headers
     }
 
@@ -277,13 +294,21 @@ mod tests {
                 ("x-api-key", "client"),
                 ("host", "app.example"),
                 ("x-forwarded-for", "198.51.100.1"),
+                ("x-forwarded-proto", "https"),
+                ("forwarded", "for=198.51.100.1"),
+                ("x-real-ip", "198.51.100.1"),
             ],
         );
         assert_eq!(h["x-api-key"], "server");
         assert_eq!(h.get_all("x-api-key").iter().count(), 1);
         assert!(h.get("host").is_none(), "hyper sets Host from the upstream URI");
         assert_eq!(h["x-forwarded-host"], "app.example");
-        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 192.0.2.7");
+        assert_eq!(
+            h["x-forwarded-for"], "192.0.2.7",
+            "an untrusted peer's chain is not believed"
+        );
+        assert_eq!(h["x-real-ip"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(h.get("forwarded").is_none());
     }
 }

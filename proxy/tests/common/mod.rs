@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keygate_proxy::edge::Edge;
 use keygate_proxy::external::resolve::{Network, Resolve};
+use keygate_proxy::pipeline::client::TrustedProxies;
 use keygate_proxy::proxy::Shared;
 use keygate_proxy::server::{ListenerLimits, serve_proxy};
 use keygate_proxy::source::{self, Source};
@@ -35,6 +37,18 @@ impl Proxy {
         Proxy::start_on(source, dir).await
     }
 
+    /// [`Proxy::start`] on a listener taking connections as `edge` says, believing the
+    /// `X-Forwarded-*` headers of `trusted` peers.
+    pub async fn start_edge(manifests: &str, edge: Edge, trusted: TrustedProxies) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keygate.yaml"), manifests).unwrap();
+        let shared = Shared {
+            trusted_proxies: trusted,
+            ..Shared::default()
+        };
+        Proxy::launch_edge(Source::Manifests(dir.path().to_path_buf()), dir, shared, edge).await
+    }
+
     /// [`Proxy::start`] with upstream names resolved by `resolver` instead of the system.
     pub async fn start_resolving(manifests: &str, resolver: impl Resolve) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
@@ -52,6 +66,10 @@ impl Proxy {
     }
 
     async fn launch(source: Source, dir: tempfile::TempDir, shared: Shared) -> Proxy {
+        Proxy::launch_edge(source, dir, shared, Edge::default()).await
+    }
+
+    async fn launch_edge(source: Source, dir: tempfile::TempDir, shared: Shared, edge: Edge) -> Proxy {
         let shared = Arc::new(shared);
         let (digest, _) =
             source::load_once(&source, &shared).unwrap_or_else(|e| panic!("test manifests do not load: {e}"));
@@ -67,6 +85,7 @@ impl Proxy {
             listener,
             shared.clone(),
             ListenerLimits::default(),
+            edge,
             std::future::pending(),
         ));
         Proxy { addr, dir, shared }

@@ -44,17 +44,47 @@ impl TestCa {
         self.issuer.pem()
     }
 
-    /// A server certificate for `name`, signed by this CA, and its key.
-    pub fn leaf(&self, name: &str) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    fn issue(&self, name: &str) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &*self.issuer).unwrap();
+        (cert, key)
+    }
+
+    /// A server certificate for `name`, signed by this CA, and its key.
+    pub fn leaf(&self, name: &str) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let (cert, key) = self.issue(name);
         (
             cert.der().clone(),
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )
+    }
+
+    /// [`TestCa::leaf`] as a `kubernetes.io/tls` Secret holds it: PEM certificate, PEM key, and
+    /// the certificate's DER to compare with what a client was served.
+    pub fn leaf_pem(&self, name: &str) -> (String, String, CertificateDer<'static>) {
+        let (cert, key) = self.issue(name);
+        (cert.pem(), key.serialize_pem(), cert.der().clone())
+    }
+
+    /// A TLS client trusting only this CA, speaking `versions` and offering `alpn`.
+    pub fn client(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 }
 
