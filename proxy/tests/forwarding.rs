@@ -63,7 +63,10 @@ async fn upstream_gets_injected_key_and_clean_headers() {
         "headers named in Connection are hop-by-hop"
     );
     assert!(seen.headers.get("keep-alive").is_none());
-    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(
+        seen.headers["x-forwarded-for"], "127.0.0.1",
+        "no proxy is trusted, so the client's own X-Forwarded-For is replaced, not extended"
+    );
     assert_eq!(seen.headers["x-forwarded-host"], "app.example");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["host"], up.addr.to_string());

@@ -58,14 +58,14 @@ impl FromStr for MinVersion {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file cannot be read.
-    #[error("cannot read {flag} {}: {source}", path.display())]
+    #[error("cannot read {flag} {}: {cause}", path.display())]
     Read {
         /// `--tls-cert` or `--tls-key`.
         flag: &'static str,
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// No certificate in the certificate file.
     #[error(
@@ -120,10 +120,10 @@ struct Pair {
 }
 
 fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|cause| TlsError::Read {
         flag,
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
