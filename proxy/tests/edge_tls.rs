@@ -79,6 +79,28 @@ async fn tls_proxy(manifests: &str, secret: &MountedSecret, min: MinVersion) -> 
     proxy
 }
 
+/// A TLS proxy with a route `/r` to a recording upstream, its CA and its certificate files.
+struct Served {
+    ca: TestCa,
+    _secret: MountedSecret,
+    up: Upstream,
+    proxy: Proxy,
+}
+
+async fn served_on_tls(min: MinVersion) -> Served {
+    let ca = TestCa::new();
+    let (cert, key, _) = ca.leaf_pem("localhost");
+    let secret = MountedSecret::new(&cert, &key);
+    let up = Upstream::ok().await;
+    let proxy = tls_proxy(&route_yaml("r", "/r", &up.url(), ""), &secret, min).await;
+    Served {
+        ca,
+        _secret: secret,
+        up,
+        proxy,
+    }
+}
+
 async fn handshake(
     proxy: &Proxy,
     ca: &TestCa,
@@ -92,7 +114,7 @@ async fn handshake(
 }
 
 /// The leaf certificate the server presented.
-fn served(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+fn presented(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
     tls.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
 
@@ -152,11 +174,7 @@ fn negotiated(tls: &TlsStream<TcpStream>) -> (Option<rustls::ProtocolVersion>, O
 
 #[tokio::test]
 async fn handshakes_with_tls_1_2_and_1_3_and_says_https_upstream() {
-    let ca = TestCa::new();
-    let (cert, key, _) = ca.leaf_pem("localhost");
-    let secret = MountedSecret::new(&cert, &key);
-    let up = Upstream::ok().await;
-    let proxy = tls_proxy(&route_yaml("r", "/r", &up.url(), ""), &secret, MinVersion::Tls12).await;
+    let Served { ca, up, proxy, _secret } = served_on_tls(MinVersion::Tls12).await;
     for (version, expected) in [
         (&TLS12, rustls::ProtocolVersion::TLSv1_2),
         (&TLS13, rustls::ProtocolVersion::TLSv1_3),
@@ -173,11 +191,7 @@ async fn handshakes_with_tls_1_2_and_1_3_and_says_https_upstream() {
 
 #[tokio::test]
 async fn min_version_1_3_refuses_tls_1_2() {
-    let ca = TestCa::new();
-    let (cert, key, _) = ca.leaf_pem("localhost");
-    let secret = MountedSecret::new(&cert, &key);
-    let up = Upstream::ok().await;
-    let proxy = tls_proxy(&route_yaml("r", "/r", &up.url(), ""), &secret, MinVersion::Tls13).await;
+    let Served { ca, proxy, _secret, .. } = served_on_tls(MinVersion::Tls13).await;
     let refused = handshake(&proxy, &ca, &[&TLS12], &[H1]).await;
     assert!(refused.is_err(), "TLS 1.2 must be refused with --tls-min-version 1.3");
     let tls = handshake(&proxy, &ca, &[&TLS13, &TLS12], &[H1]).await.unwrap();
@@ -187,11 +201,7 @@ async fn min_version_1_3_refuses_tls_1_2() {
 
 #[tokio::test]
 async fn alpn_h2_and_http1_are_both_served() {
-    let ca = TestCa::new();
-    let (cert, key, _) = ca.leaf_pem("localhost");
-    let secret = MountedSecret::new(&cert, &key);
-    let up = Upstream::ok().await;
-    let proxy = tls_proxy(&route_yaml("r", "/r", &up.url(), ""), &secret, MinVersion::Tls12).await;
+    let Served { ca, up, proxy, _secret } = served_on_tls(MinVersion::Tls12).await;
     for (offered, expected) in [
         (&[H2, H1][..], Some(H2.to_vec())),
         (&[H1][..], Some(H1.to_vec())),
@@ -233,11 +243,7 @@ fn tls11_client_hello() -> Vec<u8> {
 
 #[tokio::test]
 async fn cleartext_http_and_tls_1_1_are_refused() {
-    let ca = TestCa::new();
-    let (cert, key, _) = ca.leaf_pem("localhost");
-    let secret = MountedSecret::new(&cert, &key);
-    let up = Upstream::ok().await;
-    let proxy = tls_proxy(&route_yaml("r", "/r", &up.url(), ""), &secret, MinVersion::Tls12).await;
+    let Served { up, proxy, _secret, .. } = served_on_tls(MinVersion::Tls12).await;
     let plain = answer_to(&proxy, b"GET /r/x HTTP/1.1\r\nhost: localhost\r\n\r\n").await;
     assert!(!plain.starts_with(b"HTTP/"), "cleartext HTTP got an HTTP answer");
     let old = answer_to(&proxy, &tls11_client_hello()).await;
@@ -267,7 +273,7 @@ async fn rotation_reaches_new_connections_while_open_ones_keep_working_and_a_bro
     let proxy = tls_proxy(&route_yaml("r", "/r", &up.url(), ""), &secret, MinVersion::Tls12).await;
 
     let before = handshake(&proxy, &ca, &[&TLS13], &[H1]).await.unwrap();
-    assert_eq!(served(&before), der_a);
+    assert_eq!(presented(&before), der_a);
     let mut open = Sender::on(before).await;
     assert_eq!(open.get("/r/before").await.status, StatusCode::OK);
 
@@ -276,7 +282,7 @@ async fn rotation_reaches_new_connections_while_open_ones_keep_working_and_a_bro
     let latency = within("the new certificate to be served", async {
         loop {
             let tls = handshake(&proxy, &ca, &[&TLS13], &[H1]).await.unwrap();
-            if served(&tls) == der_b {
+            if presented(&tls) == der_b {
                 return swapped.elapsed();
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -309,7 +315,7 @@ async fn rotation_reaches_new_connections_while_open_ones_keep_working_and_a_bro
     .await;
     let after = handshake(&proxy, &ca, &[&TLS12], &[H2]).await.unwrap();
     assert_eq!(
-        served(&after),
+        presented(&after),
         der_b,
         "a broken pair must leave the old certificate serving"
     );

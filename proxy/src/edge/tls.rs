@@ -127,14 +127,25 @@ fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn digest(files: &TlsFiles) -> Result<([u8; 32], Vec<u8>, Vec<u8>), TlsError> {
+/// Both files as read, and a digest of them to tell a change.
+struct Contents {
+    digest: [u8; 32],
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+fn read_both(files: &TlsFiles) -> Result<Contents, TlsError> {
     let cert = read("--tls-cert", &files.cert)?;
     let key = read("--tls-key", &files.key)?;
     let mut h = Sha256::new();
     h.update((cert.len() as u64).to_be_bytes());
     h.update(&cert);
     h.update(&key);
-    Ok((h.finalize().into(), cert, key))
+    Ok(Contents {
+        digest: h.finalize().into(),
+        cert,
+        key,
+    })
 }
 
 fn parse(files: &TlsFiles, cert: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
@@ -159,10 +170,10 @@ fn parse(files: &TlsFiles, cert: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>,
 }
 
 fn load(files: &TlsFiles) -> Result<Pair, TlsError> {
-    let (digest, cert, key) = digest(files)?;
+    let read = read_both(files)?;
     Ok(Pair {
-        key: parse(files, &cert, &key)?,
-        digest,
+        key: parse(files, &read.cert, &read.key)?,
+        digest: read.digest,
     })
 }
 
@@ -227,11 +238,14 @@ enum Seen {
 
 impl CertWatch {
     fn poll(files: &TlsFiles, last: [u8; 32]) -> Seen {
-        match digest(files) {
-            Ok((digest, _, _)) if digest == last => Seen::Unchanged,
-            Ok((digest, cert, key)) => match parse(files, &cert, &key) {
-                Ok(key) => Seen::Loaded(Pair { key, digest }),
-                Err(e) => Seen::Refused(Some(digest), e),
+        match read_both(files) {
+            Ok(read) if read.digest == last => Seen::Unchanged,
+            Ok(read) => match parse(files, &read.cert, &read.key) {
+                Ok(key) => Seen::Loaded(Pair {
+                    key,
+                    digest: read.digest,
+                }),
+                Err(e) => Seen::Refused(Some(read.digest), e),
             },
             Err(e) => Seen::Refused(None, e),
         }
