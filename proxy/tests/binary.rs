@@ -15,7 +15,7 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 use http_body::Frame;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
@@ -36,6 +36,11 @@ struct Served {
 
 impl Served {
     fn start(manifests: &str) -> Served {
+        Served::start_with(manifests, &[])
+    }
+
+    /// [`Served::start`] with more `serve` flags.
+    fn start_with(manifests: &str, flags: &[&std::ffi::OsStr]) -> Served {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("m.yaml"), manifests).unwrap();
         let mut child = Command::new(BIN)
@@ -51,6 +56,7 @@ impl Served {
                 "--log-format",
                 "json",
             ])
+            .args(flags)
             .env("RUST_LOG", "debug")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -322,4 +328,95 @@ fn check_refuses_a_missing_folder() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/keygate"));
+}
+
+#[tokio::test]
+async fn tls_flags_serve_https_on_the_proxy_port_and_keep_admin_plain() {
+    let ca = common::tls::TestCa::new();
+    let (cert, key, _) = ca.leaf_pem("localhost");
+    let files = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (files.path().join("tls.crt"), files.path().join("tls.key"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let up = Upstream::ok().await;
+    let served = Served::start_with(
+        &route_yaml("r", "/r", &up.url(), ""),
+        &[
+            "--tls-cert".as_ref(),
+            cert_file.as_os_str(),
+            "--tls-key".as_ref(),
+            key_file.as_os_str(),
+            "--tls-min-version".as_ref(),
+            "1.3".as_ref(),
+            "--trusted-proxies".as_ref(),
+            "127.0.0.1,::1".as_ref(),
+        ],
+    );
+    let addr = served.proxy.trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let tls = ca
+        .client(&[&rustls::version::TLS13], &[b"http/1.1"])
+        .connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/r/x")
+        .header("host", "localhost")
+        .header("x-forwarded-for", "203.0.113.5")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), StatusCode::OK);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.5, 127.0.0.1");
+    assert_eq!(
+        get(&format!("{}/healthz", served.admin), &[]).await.status,
+        StatusCode::OK
+    );
+    let logs = served.logs();
+    assert!(
+        logs.contains("\"client\":\"203.0.113.5\""),
+        "the access log shows the resolved client"
+    );
+    for line in key.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!logs.contains(line), "key material reached the logs");
+    }
+}
+
+#[test]
+fn bad_edge_flags_name_the_flag_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |flags: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["serve", "--manifests"])
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flags:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve(&["--trusted-proxies", "10.0.0.0/8,10.1.2.3/16"]);
+    assert!(
+        err.contains("--trusted-proxies") && err.contains("write 10.1.0.0/16"),
+        "{err}"
+    );
+    let err = serve(&["--trusted-proxies", "lb.internal"]);
+    assert!(
+        err.contains("--trusted-proxies") && err.contains("lb.internal"),
+        "{err}"
+    );
+    let err = serve(&[
+        "--tls-cert",
+        "/nonexistent/tls.crt",
+        "--tls-key",
+        "/nonexistent/tls.key",
+    ]);
+    assert!(err.contains("--tls-cert /nonexistent/tls.crt"), "{err}");
+    let err = serve(&["--tls-cert", "/nonexistent/tls.crt"]);
+    assert!(err.contains("--tls-key"), "{err}");
 }
