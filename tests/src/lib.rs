@@ -3,6 +3,7 @@
 //! against a real API server (in `tests/`), and home of `keygate-echo`, the example upstream.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod logs;
 pub mod redis;
 
