@@ -63,8 +63,7 @@ fn render(ns: &str, args: &[&str]) -> Vec<Value> {
 
 fn documents(yaml: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde_yaml::with::singleton_map_recursive::deserialize::<Option<Value>, _>(d).unwrap())
-        .flatten()
+        .filter_map(|d| serde_yaml::with::singleton_map_recursive::deserialize::<Option<Value>, _>(d).unwrap())
         .collect()
 }
 
@@ -75,7 +74,9 @@ fn find<'a>(docs: &'a [Value], kind: &str, name_suffix: &str) -> &'a Value {
 }
 
 /// The CRDs are deleted and recreated by one test (`upgrade_...`); every other cluster test
-/// holds this lock shared, so none sees the CRDs missing.
+/// holds this lock shared for its whole run, so none sees the CRDs missing. (Async tests hold
+/// it across awaits on purpose: it only ever blocks other tests' threads, each with its own
+/// runtime, never a task of the holder's.)
 static CRDS: RwLock<()> = RwLock::new(());
 
 fn shared_crds() -> std::sync::RwLockReadGuard<'static, ()> {
@@ -706,6 +707,7 @@ const KINDS: [&str; 5] = [
 /// Issue points 3 and 5: the release binaries, with tokens of the chart's own ServiceAccounts
 /// and the chart's args, do the whole job; the audit log shows enough and no more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // see CRDS
 async fn chart_accounts_run_keygate_end_to_end_with_exactly_the_rbac_they_need() {
     let _crds = shared_crds();
     let sys = restricted_namespace("chart-sys");
@@ -785,6 +787,7 @@ async fn chart_accounts_run_keygate_end_to_end_with_exactly_the_rbac_they_need()
 /// Issue point 4: the proxy's account reads the two objects and nothing else; with
 /// `watchNamespaces` the operator reads Secrets only there, and still does its job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // see CRDS
 async fn rbac_refuses_the_proxy_other_secrets_and_the_operator_unwatched_namespaces() {
     let _crds = shared_crds();
     let sys = restricted_namespace("chart-rbac");
