@@ -123,6 +123,16 @@ where
     }
 }
 
+/// Waits up to `secs` for an Event with `reason` in `ns`.
+pub async fn event(ns: &str, reason: &str, secs: u64) {
+    eventually(secs, &format!("a {reason} event"), || async {
+        jsonpath(ns, "events", "{.items[*].reason}")
+            .contains(reason)
+            .then_some(())
+    })
+    .await;
+}
+
 pub fn secret(name: &str, key: &str, value: &str) -> String {
     format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData:\n  {key}: {value}\n---\n")
 }

@@ -23,6 +23,19 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+/// A release binary as `scripts/build-release` wrote it for the image, into
+/// `<target>/image-bin` (the tests run from `<target>/debug/deps`).
+pub fn release_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.ancestors().nth(3).unwrap().join("image-bin").join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `scripts/build-release` (scripts/test does it)",
+        bin.display()
+    );
+    bin
+}
+
 /// What an upstream saw of one request.
 #[derive(Clone, Debug)]
 pub struct Seen {

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use keygate_tests::cluster::{
-    Namespace, crd_dir, eventually, install_crds, jsonpath, kubectl, kubectl_ok, ok, route, run, secret, wait_for_crds,
+    Namespace, crd_dir, event, eventually, install_crds, jsonpath, kubectl, kubectl_ok, ok, route, run, secret,
+    wait_for_crds,
 };
-use keygate_tests::{Upstream, get};
+use keygate_tests::{Upstream, get, release_bin};
 use serde_json::{Value, json};
 
 const RELEASE: &str = "keygate";
@@ -451,19 +452,6 @@ fn kubeconfig_for(ns: &str, account: &str, dir: &Path) -> PathBuf {
     path
 }
 
-/// A release binary from `scripts/build-release` (the image's contents).
-fn image_bin(name: &str) -> PathBuf {
-    // Integration tests run from <target>/debug/deps; build-release writes <target>/image-bin.
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.ancestors().nth(3).unwrap().join("image-bin").join(name);
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `scripts/build-release` (scripts/test does it)",
-        bin.display()
-    );
-    bin
-}
-
 /// A Keygate binary started the way the chart's Deployment starts it (its args and env), out
 /// of cluster, with its log (JSON, as the chart sets) collected.
 struct Running {
@@ -482,7 +470,7 @@ impl Running {
         ready_fields: &[&str],
     ) -> (Running, BTreeMap<String, String>) {
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-        let mut cmd = Command::new(image_bin(binary));
+        let mut cmd = Command::new(release_bin(binary));
         for a in container["args"].as_array().unwrap() {
             cmd.arg(a.as_str().unwrap());
         }
@@ -763,12 +751,7 @@ async fn chart_accounts_run_keygate_end_to_end_with_exactly_the_rbac_they_need()
         assert_eq!((status.as_str(), reason.as_str()), ("True", "Accepted"), "{object}");
     }
     assert_eq!(ready(&app.0, "proxyroute/broken").unwrap().1, "SecretNotFound");
-    eventually(20, "a SecretNotFound event", || async {
-        jsonpath(&app.0, "events", "{.items[*].reason}")
-            .contains("SecretNotFound")
-            .then_some(())
-    })
-    .await;
+    event(&app.0, "SecretNotFound", 20).await;
     let holder = jsonpath(&sys.0, "lease/keygate-operator", "{.spec.holderIdentity}");
     assert_eq!(holder, "keygate-operator-e2e");
     for object in ["configmap/keygate-config", "secret/keygate-secrets"] {

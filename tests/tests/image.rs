@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keygate_tests::get;
+use keygate_tests::{get, release_bin};
 
 const UID: &str = "65532";
 
@@ -17,19 +17,11 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The release binaries `scripts/build-release` wrote, copied into a world-readable folder
-/// (the test's own temp dirs are private to root, as /usr/local/bin is not).
+/// A release binary `scripts/build-release` wrote, copied into a world-readable folder as
+/// the image's /usr/local/bin is (the build's own folders may be private to root).
 fn image_bin(dir: &Path, name: &str) -> PathBuf {
-    // Integration tests run from <target>/debug/deps; build-release writes <target>/image-bin.
-    let exe = std::env::current_exe().unwrap();
-    let built = exe.ancestors().nth(3).unwrap().join("image-bin").join(name);
-    assert!(
-        built.is_file(),
-        "{} is missing: run `scripts/build-release` (scripts/test does it)",
-        built.display()
-    );
     let copy = dir.join(name);
-    std::fs::copy(&built, &copy).unwrap();
+    std::fs::copy(release_bin(name), &copy).unwrap();
     copy
 }
 

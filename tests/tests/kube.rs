@@ -19,7 +19,7 @@ use keygate_proxy::proxy::Shared;
 use keygate_proxy::server::{ListenerLimits, serve_proxy};
 use keygate_proxy::source::{self, Source, kube::KubeSource};
 use keygate_tests::cluster::{
-    Namespace, eventually, install_crds, jsonpath, kubeconfig_hint, kubectl, kubectl_ok, route, secret,
+    Namespace, event, eventually, install_crds, jsonpath, kubeconfig_hint, kubectl, kubectl_ok, route, secret,
 };
 use keygate_tests::logs::assert_not_logged;
 use keygate_tests::{Upstream, get};
@@ -291,12 +291,7 @@ async fn missing_secret_is_reported_then_resolved_without_touching_the_route() {
         "{message}"
     );
     // The refusal is also an Event on the route, for `kubectl describe`.
-    eventually(10, "a SecretNotFound event", || async {
-        jsonpath(&ns.0, "events", "{.items[*].reason}")
-            .contains("SecretNotFound")
-            .then_some(())
-    })
-    .await;
+    event(&ns.0, "SecretNotFound", 10).await;
 
     let generation = jsonpath(&ns.0, "proxyroute/api", "{.metadata.generation}");
     ns.apply(&secret("late-keys", "api", "late-value"));
