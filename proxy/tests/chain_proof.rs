@@ -90,6 +90,16 @@ fn manifests(up: &Upstream, redis: Option<&RedisServer>) -> String {
     yaml
 }
 
+/// `POST <createPath>` from a page on [`ORIGIN`].
+async fn post_create(proxy: &Proxy, mode: Mode, body: &serde_json::Value) -> Got {
+    let req = Request::post(proxy.url(&mode.create_path()))
+        .header("x-api-key", APP_KEY)
+        .header("origin", ORIGIN)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    send(req).await
+}
+
 /// A browser session: what the SDK keeps.
 struct Client {
     id: String,
@@ -156,12 +166,7 @@ impl Client {
         if let Some(signer) = &signer {
             body["public_key"] = URL_SAFE_NO_PAD.encode(signer.public_key().as_ref()).into();
         }
-        let req = Request::post(proxy.url(&mode.create_path()))
-            .header("x-api-key", APP_KEY)
-            .header("origin", ORIGIN)
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        let got = send(req).await;
+        let got = post_create(proxy, mode, &body).await;
         assert_eq!(got.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&got.body));
         let answer = got.json();
         let id = answer["session_id"].as_str().expect("a session_id").to_string();
@@ -238,9 +243,11 @@ fn refused(got: &Got, status: StatusCode, code: &str) {
 }
 
 /// Each mode over 12 chained requests (GET and POST, odd paths and queries), with the upstream
-/// seeing each body unchanged and no protocol header. Returns every secret that must not be
-/// logged.
-async fn happy_paths(proxy: &Proxy, up: &Upstream) -> Vec<String> {
+/// seeing each body unchanged and no protocol header; no session id or chain key is logged.
+async fn happy_paths(redis: Option<&RedisServer>) {
+    keygate_tests::logs::capture();
+    let up = Upstream::ok().await;
+    let proxy = &Proxy::start(&manifests(&up, redis)).await;
     let mut secrets = Vec::new();
     for mode in Mode::ALL {
         let (mut client, _) = Client::create(proxy, mode).await;
@@ -268,32 +275,17 @@ async fn happy_paths(proxy: &Proxy, up: &Upstream) -> Vec<String> {
         secrets.push(client.id.clone());
         secrets.extend(client.chain_key.as_ref().map(hex::encode));
     }
-    secrets
+    assert_nothing_logged(&secrets);
 }
 
 #[tokio::test]
 async fn each_mode_chains_on_memory_and_nothing_secret_is_logged() {
-    keygate_tests::logs::capture();
-    let up = Upstream::ok().await;
-    let proxy = Proxy::start(&manifests(&up, None)).await;
-    let secrets = happy_paths(&proxy, &up).await;
-    for s in &secrets {
-        keygate_tests::logs::assert_not_logged(s);
-        keygate_tests::logs::assert_not_logged(&s[..12]);
-    }
+    happy_paths(None).await;
 }
 
 #[tokio::test]
 async fn each_mode_chains_on_redis_and_nothing_secret_is_logged() {
-    keygate_tests::logs::capture();
-    let redis = RedisServer::start();
-    let up = Upstream::ok().await;
-    let proxy = Proxy::start(&manifests(&up, Some(&redis))).await;
-    let secrets = happy_paths(&proxy, &up).await;
-    for s in &secrets {
-        keygate_tests::logs::assert_not_logged(s);
-        keygate_tests::logs::assert_not_logged(&s[..12]);
-    }
+    happy_paths(Some(&RedisServer::start())).await;
 }
 
 /// A script that holds the session id and a copy of every request and answer after the session
@@ -496,11 +488,7 @@ async fn signature_sessions_need_a_public_key() {
         serde_json::json!({"machine_id": "m", "public_key": std_b64}),
         serde_json::json!({"machine_id": "m", "public_key": URL_SAFE_NO_PAD.encode([4u8; 33])}),
     ] {
-        let req = Request::post(proxy.url("/signature/session"))
-            .header("x-api-key", APP_KEY)
-            .body(Full::new(Bytes::from(bad.to_string())))
-            .unwrap();
-        let got = send(req).await;
+        let got = post_create(&proxy, Mode::Signature, &bad).await;
         assert_eq!(got.status, StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(got.error_code(), "BAD_REQUEST");
         let message = got.json()["proxy_error"]["message"].as_str().unwrap().to_string();
@@ -515,22 +503,12 @@ async fn one_of_a_hundred(proxies: &[Arc<Proxy>], up: &Upstream) {
         let (mut client, _) = Client::create(&proxies[0], mode).await;
         let before = up.count();
         let sent = client.request("POST", &format!("/{}/race", mode.name()), r#"{"once": true}"#);
-        let tasks: Vec<_> = (0..100)
-            .map(|i| {
-                let (proxy, sent) = (proxies[i % proxies.len()].clone(), sent.clone());
-                tokio::spawn(async move { sent.send(&proxy).await })
-            })
-            .collect();
-        let mut accepted = 0;
-        for t in tasks {
-            let got = t.await.unwrap();
-            if got.status == StatusCode::OK {
-                accepted += 1;
-            } else {
-                refused(&got, StatusCode::UNAUTHORIZED, "REQUEST_OUT_OF_SESSION");
-            }
-        }
-        assert_eq!(accepted, 1, "{mode:?}");
+        let send = |proxy: Arc<Proxy>| {
+            let sent = sent.clone();
+            async move { sent.send(&proxy).await }
+        };
+        let lost = |got: &Got| refused(got, StatusCode::UNAUTHORIZED, "REQUEST_OUT_OF_SESSION");
+        assert_eq!(accepted_among_copies(proxies, 100, send, lost).await, 1, "{mode:?}");
         assert_eq!(up.count(), before + 1, "{mode:?}: exactly one reached the upstream");
         client.last = sent.header("x-request-id").unwrap().to_string();
         for proxy in proxies {
