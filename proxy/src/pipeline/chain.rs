@@ -338,6 +338,8 @@ pub async fn check(
 
     let key = policy.record_key(session.as_bytes());
     let (tail, body) = if policy.proof.signs() {
+        // An unsigned request costs neither a store read nor buffering its body.
+        let signature = signature.ok_or_else(|| refuse(ProxyError::InvalidSignature, Some(&session)))?;
         // The public key is in the record, so it is read first; the signature is checked
         // before the compare-and-set, so a forged request never advances anyone's chain.
         let stored = policy.store.get(&key).await.map_err(|e| unavailable(policy, e))?;
@@ -353,8 +355,7 @@ pub async fn check(
             &bytes,
             sent_link.as_bytes(),
         );
-        proof::verify(&tail, &message, signature.as_ref().map(HeaderValue::as_bytes))
-            .map_err(|e| refuse(e, Some(&session)))?;
+        proof::verify(&tail, &message, signature.as_bytes()).map_err(|e| refuse(e, Some(&session)))?;
         (tail, full(bytes))
     } else {
         (Vec::new(), body)

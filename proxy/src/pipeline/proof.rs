@@ -43,7 +43,9 @@ pub enum Proof {
 /// What a new session adds: `tail` is appended to its store record after the link (the public
 /// key in `signature` mode); `chain_key` goes into the create answer, once (`hmac` mode).
 pub struct Registration {
+    /// Appended to the record; empty but in `signature` mode.
     pub tail: Vec<u8>,
+    /// The `hmac` chain key, 64 lowercase hex digits, for the create answer only.
     pub chain_key: Option<String>,
 }
 
@@ -147,14 +149,14 @@ pub fn signed_message(method: &str, target: &str, body: &[u8], link: &[u8]) -> V
 
 /// Checks `signature` (base64url, no padding, 64 bytes `r||s`) over `message` with the public
 /// key in a record's `tail` (as [`Proof::register`] made it).
-pub fn verify(tail: &[u8], message: &[u8], signature: Option<&[u8]>) -> Result<(), ProxyError> {
+pub fn verify(tail: &[u8], message: &[u8], signature: &[u8]) -> Result<(), ProxyError> {
     let public_key = tail
         .strip_prefix(b"\n")
         .and_then(|k| URL_SAFE_NO_PAD.decode(k).ok())
         .ok_or(ProxyError::InvalidSignature)?;
-    let signature = signature
-        .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
-        .ok_or(ProxyError::InvalidSignature)?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| ProxyError::InvalidSignature)?;
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, public_key)
         .verify(message, &signature)
         .map_err(|_| ProxyError::InvalidSignature)
@@ -191,15 +193,11 @@ mod tests {
         let tail = Proof::Signature.register(b"sid", Some(&public)).unwrap().tail;
         let message = signed_message("POST", "/a?b=1", b"{}", b"link");
         let sig = URL_SAFE_NO_PAD.encode(pair.sign(&rng, &message).unwrap());
-        assert_eq!(verify(&tail, &message, Some(sig.as_bytes())), Ok(()));
+        assert_eq!(verify(&tail, &message, sig.as_bytes()), Ok(()));
         let other = signed_message("POST", "/a?b=2", b"{}", b"link");
+        assert_eq!(verify(&tail, &other, sig.as_bytes()), Err(ProxyError::InvalidSignature));
         assert_eq!(
-            verify(&tail, &other, Some(sig.as_bytes())),
-            Err(ProxyError::InvalidSignature)
-        );
-        assert_eq!(verify(&tail, &message, None), Err(ProxyError::InvalidSignature));
-        assert_eq!(
-            verify(&tail, &message, Some(b"not base64!")),
+            verify(&tail, &message, b"not base64!"),
             Err(ProxyError::InvalidSignature)
         );
         for bad in [None, Some("AAAA"), Some(&public[1..]), Some("!!")] {
