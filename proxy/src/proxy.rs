@@ -44,7 +44,7 @@ pub struct Shared {
 pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
     // Before anything reads the path: routing and every stage see its one canonical spelling.
-    let normalized = path::normalize_uri(req.uri_mut());
+    let normalized = path::normalize_request(&mut req);
     // Paths only: query strings may carry tokens and never reach the log. Copied only when
     // the access log is on, since the request is consumed before the line is written.
     let access = tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
@@ -152,7 +152,7 @@ async fn forward(
         return cookie.logout(&parts.headers).await;
     }
     ratelimit::check(shared, route, &parts, caller.app.as_deref(), peer).await?;
-    let advanced = chain::check(shared, route, &mut parts).await?;
+    let (advanced, body) = chain::check(shared, route, &mut parts, body.map_err(Into::into).boxed()).await?;
     chain::signal(advanced, send(shared, route, parts, body, peer, step, caller).await)
 }
 
@@ -161,7 +161,7 @@ async fn send(
     shared: &Shared,
     route: &LiveRoute,
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: Body,
     peer: SocketAddr,
     step: Step,
     caller: Caller,
