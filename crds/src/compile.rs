@@ -16,11 +16,13 @@ use crate::report::{Kind, ObjectRef, Problem, Report, reasons};
 use crate::resources::allowlist::ExternalAllowlistSpec;
 use crate::resources::common::{SecretKeyRef, parse_duration_ms};
 use crate::resources::route::{CsrfMode, HttpMethod};
+use crate::resources::session::{ChainProof, MIN_CHAIN_KEY_SECRET_BYTES};
 use crate::resources::vault::{StaticToken, is_token_id};
 use crate::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
 use crate::snapshot::{
-    CSRF_HEADER, CorsPolicy, CsrfPolicy, Destination, HeaderValue, InjectedHeader, RenamedHeader, Route,
-    SNAPSHOT_FORMAT, SecretId, SecretSnapshot, Snapshot, secret_id,
+    CHAIN_HEADER, CSRF_HEADER, CSRF_TOKEN_HEADER, CorsPolicy, CsrfPolicy, Destination, ERROR_HEADER, HeaderValue,
+    InjectedHeader, RenamedHeader, Route, SIGNATURE_HEADER, SNAPSHOT_FORMAT, SecretId, SecretSnapshot, Snapshot,
+    secret_id,
 };
 
 /// Namespace of a resource whose manifest names none, as kubectl would apply it.
@@ -199,6 +201,20 @@ pub fn compile(input: &Resources) -> Compiled {
             );
             if let Some(s) = &spec.redis_url {
                 c.secret_key(ns, s, "spec.redisUrl", &mut p.secrets);
+            }
+            // CEL already ties the field to proof: hmac; its length is what CEL cannot see.
+            let field = "spec.chainKeySecretRef";
+            if let Some(r) = &spec.chain_key_secret_ref
+                && let Some(id) = c.secret_key(ns, r, field, &mut p.secrets)
+                && c.pending_secrets[&id].len() < MIN_CHAIN_KEY_SECRET_BYTES
+            {
+                p.invalid.push(problem(
+                    field,
+                    format!(
+                        "Secret {ns}/{} key {:?} must hold at least {MIN_CHAIN_KEY_SECRET_BYTES} bytes; create one with `openssl rand -hex 32`",
+                        r.name, r.key
+                    ),
+                ));
             }
         });
     c.compile_routes(&input.routes);
@@ -664,6 +680,9 @@ impl Compiler<'_> {
                 &*policy.headers.session_id,
                 &*policy.headers.request_id,
             ]);
+            if policy.proof == ChainProof::Signature {
+                allow.push(SIGNATURE_HEADER);
+            }
         }
         if let Some(list) = spec
             .allowlist_ref
@@ -678,8 +697,15 @@ impl Compiler<'_> {
                 .iter()
                 .map(|h| h.rename.as_deref().unwrap_or(&h.name)),
         );
+        // What a client on another origin must read of Keygate's own answers: error codes and
+        // rate-limit waits on any route, the chain signal, and the CSRF token handed out at
+        // session start (the page cannot read the proxy's cookie on another host).
+        expose.extend(["retry-after", ERROR_HEADER]);
         if session_chain.is_some() {
-            expose.push("x-keygate-chain");
+            expose.push(CHAIN_HEADER);
+        }
+        if spec.cookie_translation_ref.is_some() {
+            expose.push(CSRF_TOKEN_HEADER);
         }
         let methods: Vec<HttpMethod> = match (cors.allow_methods.is_empty(), spec.methods.is_empty()) {
             (false, _) => cors.allow_methods.clone(),

@@ -187,6 +187,16 @@ pub struct CsrfPolicy {
 
 /// Header a double-submit request echoes the CSRF cookie in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Response header naming the code of every error Keygate answers itself, so a client reads the
+/// code without parsing the body.
+pub const ERROR_HEADER: &str = "x-keygate-error";
+/// Response header that tells a session-chain client its chain advanced.
+pub const CHAIN_HEADER: &str = "x-keygate-chain";
+/// Response header carrying the double-submit CSRF token at session start, for pages on another
+/// host, which cannot read the proxy's cookie.
+pub const CSRF_TOKEN_HEADER: &str = "x-keygate-csrf";
+/// Request header carrying the request's signature on `proof: signature` chains.
+pub const SIGNATURE_HEADER: &str = "x-keygate-signature";
 
 /// Where a route's requests go.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -547,6 +547,7 @@ fn session_chain_policy_valid() {
             ttl: 90s
             store: redis
             redisUrl: {name: redis, key: url}",
+            "{createPath: /s, apiKeysSecretRef: {name: app-keys}, proof: signature}",
         ],
     );
 }
@@ -577,6 +578,21 @@ fn session_chain_policy_rules() {
             format!("{{createPath: /s, {keys}, headers: {{requestId: 'x request'}}}}"),
             "spec.headers.requestId",
             "requestId must be an HTTP header name",
+        ),
+        (
+            format!("{{createPath: /s, {keys}, proof: hmac}}"),
+            "spec",
+            "proof: hmac needs chainKeySecretRef, a Secret key holding at least 32 random bytes (e.g. `openssl rand -hex 32`)",
+        ),
+        (
+            format!("{{createPath: /s, {keys}, proof: signature, chainKeySecretRef: {{name: chain, key: k}}}}"),
+            "spec",
+            "chainKeySecretRef is used only with proof: hmac; remove it or set proof: hmac",
+        ),
+        (
+            format!("{{createPath: /s, {keys}, chainKeySecretRef: {{name: chain, key: k}}}}"),
+            "spec",
+            "chainKeySecretRef is used only with proof: hmac; remove it or set proof: hmac",
         ),
     ];
     let cases: Vec<(&str, &str, &str)> = cases.iter().map(|(s, f, m)| (s.as_str(), *f, *m)).collect();

@@ -169,6 +169,7 @@ fn full_setup_compiles_to_this_exact_snapshot() {
                     "ttl": "30m",
                     "store": "memory",
                     "hash": "sha256",
+                    "proof": "hash",
                 },
             },
         })
@@ -822,10 +823,131 @@ fn cors_allows_every_header_keygate_reads_on_the_route() {
             "allowOrigins": ["https://app.example"],
             "allowMethods": ["DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"],
             "allowHeaders": ["bt-proxy-url", "content-type", "x-api-key", "x-csrf", "x-request-id", "x-session-id", "x-trace"],
-            "exposeHeaders": ["x-keygate-chain", "x-request-cost", "x-whip-resource"],
+            "exposeHeaders": ["retry-after", "x-keygate-chain", "x-keygate-error", "x-request-cost", "x-whip-resource"],
             "allowCredentials": false,
             "maxAgeSeconds": 600
         })
+    );
+}
+
+/// What an SDK on another origin must read is exposed on every CORS route, and a signature-mode
+/// chain's preflight allows the signature header.
+#[test]
+fn cors_exposes_what_the_sdk_reads() {
+    let mut docs: Vec<String> = full_setup()
+        .into_iter()
+        .filter(|d| !d.contains("kind: ProxyRoute"))
+        .collect();
+    docs.push(shop(
+        "SessionChainPolicy",
+        "signed",
+        "{createPath: /signed-session, apiKeysSecretRef: {name: app-keys}, proof: signature, headers: {requestId: X-Keygate-Link}}",
+    ));
+    let cors = "cors: {allowOrigins: ['https://app.example']}";
+    docs.push(route(
+        "plain",
+        &format!("pathPrefix: /plain\nupstream: https://a.example\n{cors}"),
+    ));
+    docs.push(route(
+        "signed",
+        &format!(
+            "pathPrefix: /signed\nupstream: https://a.example\nauth: sessionChain\nsessionChainRef: signed\n{cors}"
+        ),
+    ));
+    docs.push(route(
+        "login",
+        &format!("pathPrefix: /login\nupstream: https://a.example\nauth: cookie\ncookieTranslationRef: login\ncsrf: {{mode: doubleSubmit}}\n{cors}"),
+    ));
+    let compiled = compile_docs(&docs);
+    let cors_of = |id: &str| {
+        let route = compiled.snapshot.routes.iter().find(|r| r.id == id).expect("served");
+        route.cors.clone().expect("a CORS route")
+    };
+    assert_eq!(cors_of("shop/plain").expose_headers, ["retry-after", "x-keygate-error"]);
+    let signed = cors_of("shop/signed");
+    assert_eq!(
+        signed.expose_headers,
+        ["retry-after", "x-keygate-chain", "x-keygate-error"]
+    );
+    assert_eq!(
+        signed.allow_headers,
+        [
+            "content-type",
+            "x-api-key",
+            "x-keygate-link",
+            "x-keygate-signature",
+            "x-session-id"
+        ]
+    );
+    assert_eq!(
+        cors_of("shop/login").expose_headers,
+        ["retry-after", "x-keygate-csrf", "x-keygate-error"]
+    );
+}
+
+const CHAIN_KEY: &str = "chain-key-do-not-leak-0123456789abcdef";
+
+fn hmac_policy(secret_ref: &str) -> Vec<String> {
+    vec![
+        secret("app-keys", &[("web", APP_KEY)]),
+        secret("chain", &[("long", CHAIN_KEY), ("short", "too-short-do-not-leak")]),
+        shop(
+            "SessionChainPolicy",
+            "chain",
+            &format!("{{createPath: /s, apiKeysSecretRef: {{name: app-keys}}, proof: hmac{secret_ref}}}"),
+        ),
+    ]
+}
+
+#[test]
+fn hmac_chains_need_a_long_enough_chain_key_secret() {
+    let compiled = compile_docs(&hmac_policy(", chainKeySecretRef: {name: chain, key: long}"));
+    assert_eq!(
+        report(&compiled, Kind::SessionChainPolicy, "chain").reason,
+        reasons::ACCEPTED
+    );
+    let policy = &compiled.snapshot.session_policies["shop/chain"];
+    assert_eq!(
+        serde_json::to_value(policy).unwrap()["chainKeySecretRef"],
+        json!({"name": "chain", "key": "long"})
+    );
+    assert_eq!(
+        compiled.secrets.values.get("shop/chain/long").map(String::as_str),
+        Some(CHAIN_KEY),
+        "the value ships in the secret snapshot only"
+    );
+    assert_no_secret_value_outside_the_secret_snapshot(&compiled, &[CHAIN_KEY]);
+
+    let compiled = compile_docs(&hmac_policy(", chainKeySecretRef: {name: chain, key: short}"));
+    assert_refused(
+        &compiled,
+        Kind::SessionChainPolicy,
+        "chain",
+        reasons::INVALID,
+        &[
+            "SessionChainPolicy/shop/chain: spec.chainKeySecretRef: Secret shop/chain key \"short\" must hold at least 32 bytes; create one with `openssl rand -hex 32`",
+        ],
+    );
+    assert!(!compiled.secrets.values.contains_key("shop/chain/short"));
+    assert_no_secret_value_outside_the_secret_snapshot(&compiled, &["too-short-do-not-leak"]);
+
+    assert_refused(
+        &compile_docs(&hmac_policy("")),
+        Kind::SessionChainPolicy,
+        "chain",
+        reasons::INVALID,
+        &[
+            "SessionChainPolicy/shop/chain: spec: proof: hmac needs chainKeySecretRef, a Secret key holding at least 32 random bytes (e.g. `openssl rand -hex 32`)",
+        ],
+    );
+    assert_refused(
+        &compile_docs(&hmac_policy(", chainKeySecretRef: {name: chain, key: gone}")),
+        Kind::SessionChainPolicy,
+        "chain",
+        reasons::SECRET_NOT_FOUND,
+        &[
+            "SessionChainPolicy/shop/chain: spec.chainKeySecretRef: Secret shop/chain has no key \"gone\"; add the key or fix the reference",
+        ],
     );
 }
 

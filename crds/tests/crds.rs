@@ -1,32 +1,32 @@
 //! The generated CRDs: committed YAML in sync with the types, and fit for a real API server
 //! (`kubectl get`/`explain` read well, CEL rules have a bounded cost and valid RE2 regexes).
 
-use std::path::Path;
-
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use keygate_crds::resources::{crd_files, crds};
+use keygate_crds::resources::{crd_dirs, crd_files, crds};
 use serde_json::Value;
 
 #[test]
 fn crdgen_in_sync() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
     let generated = crd_files();
-    let stale: Vec<&str> = generated
-        .iter()
-        .filter(|(file, yaml)| std::fs::read_to_string(dir.join(file)).ok().as_ref() != Some(yaml))
-        .map(|(file, _)| file.as_str())
-        .collect();
-    // crdgen only writes, so a file of a renamed or removed kind would linger unnoticed.
-    let leftover: Vec<String> = std::fs::read_dir(&dir)
-        .expect("crds/manifests exists")
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|file| !generated.iter().any(|(g, _)| g == file))
-        .collect();
-    assert!(
-        stale.is_empty() && leftover.is_empty(),
-        "crds/manifests does not match the types (out of date: {stale:?}, not generated: {leftover:?}); \
-         run `cargo run -p keygate-crds --bin crdgen`, delete the files it does not write, and commit"
-    );
+    for dir in crd_dirs() {
+        let stale: Vec<&str> = generated
+            .iter()
+            .filter(|(file, yaml)| std::fs::read_to_string(dir.join(file)).ok().as_ref() != Some(yaml))
+            .map(|(file, _)| file.as_str())
+            .collect();
+        // crdgen only writes, so a file of a renamed or removed kind would linger unnoticed.
+        let leftover: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|file| !generated.iter().any(|(g, _)| g == file))
+            .collect();
+        assert!(
+            stale.is_empty() && leftover.is_empty(),
+            "{} does not match the types (out of date: {stale:?}, not generated: {leftover:?}); \
+             run `cargo run -p keygate-crds --bin crdgen`, delete the files it does not write, and commit",
+            dir.display()
+        );
+    }
 }
 
 #[test]

@@ -7,6 +7,9 @@ use http::{HeaderValue, Response, StatusCode, header};
 use crate::body::{Body, full};
 use crate::pipeline::chain;
 
+/// [`keygate_crds::snapshot::ERROR_HEADER`]: every error Keygate answers carries its code there.
+pub const ERROR_HEADER: http::HeaderName = http::HeaderName::from_static(keygate_crds::snapshot::ERROR_HEADER);
+
 /// Why the proxy answered instead of the upstream.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ProxyError {
@@ -134,6 +137,10 @@ pub enum ProxyError {
     /// The request id is not the session's next link: a replay, a copied request, or a lost race.
     #[error("the request id is not the next link of this session; create a new session and retry once")]
     RequestOutOfSession,
+    /// On a `proof: signature` chain, the signature is missing, malformed, or not by the
+    /// session's key over this method, path, body and link.
+    #[error("the x-keygate-signature header is missing or does not verify with this session's key")]
+    InvalidSignature,
     /// The route's rate limit is exhausted for this caller; retry after this many seconds.
     #[error("rate limit exceeded; retry after {0} s")]
     RateLimited(u64),
@@ -193,6 +200,7 @@ impl ProxyError {
             ProxyError::SessionTimeOut => "SESSION_TIME_OUT",
             ProxyError::InvalidRequestId => "INVALID_REQUEST_ID",
             ProxyError::RequestOutOfSession => "REQUEST_OUT_OF_SESSION",
+            ProxyError::InvalidSignature => "INVALID_SIGNATURE",
             ProxyError::RateLimited(_) => "RATE_LIMITED",
             ProxyError::ChainAdvanced(inner) => inner.code(),
         }
@@ -232,7 +240,8 @@ impl ProxyError {
             ProxyError::InvalidSession
             | ProxyError::SessionTimeOut
             | ProxyError::InvalidRequestId
-            | ProxyError::RequestOutOfSession => StatusCode::UNAUTHORIZED,
+            | ProxyError::RequestOutOfSession
+            | ProxyError::InvalidSignature => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ChainAdvanced(inner) => inner.status(),
         }
@@ -258,6 +267,9 @@ impl ProxyError {
         let headers = resp.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // The code in a header too, so a client (or a page on another origin, where it is
+        // exposed) tells errors apart without reading the body, which may be streamed elsewhere.
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
         if matches!(self, ProxyError::BodyTooLarge(_)) {
             // The rest of an oversized body is not worth reading: ask the client to reconnect.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -294,5 +306,19 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["proxy_error"]["code"], "ROUTE_NOT_FOUND");
         assert!(json["proxy_error"]["route"].is_null());
+    }
+
+    #[test]
+    fn every_error_names_its_code_in_a_header() {
+        for e in [
+            ProxyError::RouteNotFound,
+            ProxyError::InvalidSignature,
+            ProxyError::RateLimited(3),
+            ProxyError::ChainAdvanced(Box::new(ProxyError::UpstreamTimeout)),
+        ] {
+            let code = e.code();
+            let resp = e.into_response(None);
+            assert_eq!(resp.headers()[ERROR_HEADER], code);
+        }
     }
 }

@@ -48,7 +48,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, conn: Conne
     let started = Instant::now();
     let client = client::resolve(&conn, req.headers(), &shared.trusted_proxies);
     // Before anything reads the path: routing and every stage see its one canonical spelling.
-    let normalized = path::normalize_uri(req.uri_mut());
+    let normalized = path::normalize_request(&mut req);
     // Paths only: query strings may carry tokens and never reach the log. Copied only when
     // the access log is on, since the request is consumed before the line is written.
     let access = tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
@@ -157,7 +157,7 @@ async fn forward(
         return cookie.logout(&parts.headers).await;
     }
     ratelimit::check(shared, route, &parts, caller.app.as_deref(), client.addr).await?;
-    let advanced = chain::check(shared, route, &mut parts).await?;
+    let (advanced, body) = chain::check(shared, route, &mut parts, body.map_err(Into::into).boxed()).await?;
     chain::signal(advanced, send(shared, route, parts, body, client, step, caller).await)
 }
 
@@ -166,7 +166,7 @@ async fn send(
     shared: &Shared,
     route: &LiveRoute,
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: Body,
     client: &Client,
     step: Step,
     caller: Caller,

@@ -352,6 +352,10 @@ async fn cors_preflight_and_actual_requests() {
     .await;
     assert_eq!(login.status, StatusCode::OK);
     let (sid, csrf) = (cookie_pair(&login, "sid"), cookie_pair(&login, "sid_csrf"));
+    // A page on another host cannot read the proxy's CSRF cookie: the token comes in a header too.
+    assert_eq!(login.headers["x-keygate-csrf"], &csrf["sid_csrf=".len()..]);
+    let exposed = login.headers["access-control-expose-headers"].to_str().unwrap();
+    assert!(exposed.contains("x-keygate-csrf"), "{exposed}");
     let cookies = format!("{sid}; {csrf}");
     let got = get(
         &proxy.url("/api/items"),
@@ -378,6 +382,11 @@ async fn cors_preflight_and_actual_requests() {
         error.headers["access-control-allow-origin"], "https://app.example",
         "the page can read Keygate's own errors"
     );
+    assert_eq!(error.headers["x-keygate-error"], "SESSION_REQUIRED");
+    let exposed = error.headers["access-control-expose-headers"].to_str().unwrap();
+    for h in ["x-keygate-error", "retry-after"] {
+        assert!(exposed.contains(h), "{h}: {exposed}");
+    }
 }
 
 #[tokio::test]

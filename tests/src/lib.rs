@@ -3,6 +3,7 @@
 //! against a real API server (in `tests/`), and home of `keygate-echo`, the example upstream.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod logs;
 pub mod redis;
 
@@ -21,6 +22,19 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+
+/// A release binary as `scripts/build-release` wrote it for the image, into
+/// `<target>/image-bin` (the tests run from `<target>/debug/deps`).
+pub fn release_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.ancestors().nth(3).unwrap().join("image-bin").join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `scripts/build-release` (scripts/test does it)",
+        bin.display()
+    );
+    bin
+}
 
 /// What an upstream saw of one request.
 #[derive(Clone, Debug)]

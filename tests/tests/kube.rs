@@ -4,10 +4,8 @@
 //! and leadership moves between replicas. Operator replicas and the proxy run in-process; each
 //! test has its own namespace, operator output and Lease, and deletes its namespace after.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -21,93 +19,16 @@ use keygate_proxy::edge::Edge;
 use keygate_proxy::proxy::Shared;
 use keygate_proxy::server::{ListenerLimits, serve_proxy};
 use keygate_proxy::source::{self, Source, kube::KubeSource};
-use keygate_tests::logs::{self, assert_not_logged};
+use keygate_tests::cluster::{
+    Namespace, event, eventually, install_crds, jsonpath, kubeconfig_hint, kubectl, kubectl_ok, route, secret,
+};
+use keygate_tests::logs::assert_not_logged;
 use keygate_tests::{Upstream, get};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
 const CONFIG_MAP: &str = "keygate-config";
 const SECRET: &str = "keygate-secrets";
-
-fn kubeconfig_hint() -> &'static str {
-    "these tests need a real API server: run `tests/kube-env/up` and `export KUBECONFIG=tests/kube-env/run/kubeconfig` (scripts/test does both)"
-}
-
-fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new("kubectl");
-    cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("kubectl not runnable ({e}); install kubectl"));
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(args, stdin);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Installs the generated CRDs once per test run and waits until they are served.
-fn install_crds() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        logs::capture();
-        assert!(std::env::var_os("KUBECONFIG").is_some(), "{}", kubeconfig_hint());
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/manifests");
-        let out = kubectl(&["apply", "--server-side", "-f", dir], None);
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            kubeconfig_hint()
-        );
-        kubectl_ok(
-            &["wait", "--for=condition=Established", "--timeout=60s", "-f", dir],
-            None,
-        );
-    });
-}
-
-/// One field of an object, by kubectl's JSONPath.
-fn jsonpath(ns: &str, object: &str, path: &str) -> String {
-    kubectl_ok(&["get", object, "-n", ns, "-o", &format!("jsonpath={path}")], None)
-}
-
-/// A fresh namespace, deleted when dropped.
-struct Namespace(String);
-
-impl Namespace {
-    fn new(prefix: &str) -> Namespace {
-        install_crds();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("e2e-{prefix}-{nanos:x}");
-        kubectl_ok(&["create", "namespace", &name], None);
-        Namespace(name)
-    }
-
-    fn apply(&self, yaml: &str) {
-        kubectl_ok(&["apply", "-n", &self.0, "-f", "-"], Some(yaml));
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"], None);
-    }
-}
 
 async fn client() -> Client {
     Client::try_default()
@@ -161,12 +82,7 @@ impl Operator {
 
 /// An in-process proxy following the operator's ConfigMap and Secret through the API.
 async fn kube_proxy(ns: &str) -> (std::net::SocketAddr, Arc<Shared>) {
-    kube_proxy_as(client().await, ns).await
-}
-
-/// The same, with the API identity of `client`.
-async fn kube_proxy_as(client: Client, ns: &str) -> (std::net::SocketAddr, Arc<Shared>) {
-    let source = KubeSource::start(client, ns, CONFIG_MAP, SECRET);
+    let source = KubeSource::start(client().await, ns, CONFIG_MAP, SECRET);
     source.ready().await;
     let source = Source::Kube(source);
     let shared = Arc::new(Shared::default());
@@ -182,32 +98,6 @@ async fn kube_proxy_as(client: Client, ns: &str) -> (std::net::SocketAddr, Arc<S
         std::future::pending(),
     ));
     (addr, shared)
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, or fails after `secs`.
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn secret(name: &str, key: &str, value: &str) -> String {
-    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData:\n  {key}: {value}\n---\n")
-}
-
-fn route(name: &str, prefix: &str, upstream: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: keygate.dev/v1alpha1\nkind: ProxyRoute\nmetadata: {{name: {name}}}\nspec:\n  pathPrefix: {prefix}\n  upstream: {upstream}\n{extra}\n---\n"
-    )
 }
 
 /// The `Ready` condition of a route once it has one for the route's current generation.
@@ -403,12 +293,7 @@ async fn missing_secret_is_reported_then_resolved_without_touching_the_route() {
         "{message}"
     );
     // The refusal is also an Event on the route, for `kubectl describe`.
-    eventually(10, "a SecretNotFound event", || async {
-        jsonpath(&ns.0, "events", "{.items[*].reason}")
-            .contains("SecretNotFound")
-            .then_some(())
-    })
-    .await;
+    event(&ns.0, "SecretNotFound", 10).await;
 
     let generation = jsonpath(&ns.0, "proxyroute/api", "{.metadata.generation}");
     ns.apply(&secret("late-keys", "api", "late-value"));
@@ -554,56 +439,4 @@ async fn only_the_lease_holder_writes_and_another_takes_over() {
     assert!(spec.holder_identity.is_some());
     assert!(spec.lease_transitions.unwrap_or(0) >= 1);
     follower.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_needs_only_a_role_on_the_two_objects() {
-    let ns = Namespace::new("rbac");
-    let rbac = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/proxy-rbac.yaml");
-    kubectl_ok(&["apply", "-n", &ns.0, "-f", rbac], None);
-    let who = format!("--as=system:serviceaccount:{}:keygate-proxy", ns.0);
-    let can = |verb: &str, what: &str| {
-        kubectl(&["auth", "can-i", verb, what, "-n", &ns.0, &who], None)
-            .status
-            .success()
-    };
-    assert!(can("watch", "secrets/keygate-secrets") && can("get", "configmaps/keygate-config"));
-    assert!(
-        !can("get", "secrets/other") && !can("list", "secrets") && !can("get", "proxyroutes"),
-        "the Role grants more than the two objects"
-    );
-
-    let up = Upstream::ok().await;
-    let op = Operator::start(&ns.0, "op-a").await;
-    ns.apply(
-        &(secret("keys", "api", "rbac-key")
-            + &route(
-                "api",
-                "/api",
-                &up.url(),
-                "  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: keys, key: api}",
-            )),
-    );
-    eventually(20, "Ready", || async {
-        ready_condition(&ns.0, "api").await.filter(|c| c.0 == "True")
-    })
-    .await;
-
-    let token = kubectl_ok(
-        &["create", "token", "keygate-proxy", "-n", &ns.0, "--duration=10m"],
-        None,
-    );
-    let mut config = kube::Config::infer().await.unwrap();
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.trim().to_string().into()),
-        ..Default::default()
-    };
-    let (proxy, _) = kube_proxy_as(Client::try_from(config).unwrap(), &ns.0).await;
-    eventually(20, "the restricted proxy to serve", || async {
-        (get(&format!("http://{proxy}/api/x"), &[]).await.status == StatusCode::OK).then_some(())
-    })
-    .await;
-    assert_eq!(up.last().headers["x-api-key"], "rbac-key");
-    op.stop().await;
-    assert_not_logged("rbac-key");
 }

@@ -35,7 +35,17 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     ]
 }
 
-/// `(file name, YAML)` of each CRD, as `crdgen` writes them to `crds/manifests/`.
+/// The folders `crdgen` writes the CRDs to: `crds/manifests/`, and the Helm chart's copy (Helm
+/// reads no file outside its chart, so the chart renders its CRDs from a copy of its own).
+pub fn crd_dirs() -> [std::path::PathBuf; 2] {
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    [
+        crate_dir.join("manifests"),
+        crate_dir.join("../charts/keygate/files/crds"),
+    ]
+}
+
+/// `(file name, YAML)` of each CRD, as `crdgen` writes them to each of [`crd_dirs`].
 pub fn crd_files() -> Vec<(String, String)> {
     crds()
         .into_iter()

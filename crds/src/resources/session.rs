@@ -29,6 +29,8 @@ use super::vault::StoreKind;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.store != 'none'").message("store must be memory or redis"))]
 #[x_kube(validation = Rule::new("self.store != 'redis' || has(self.redisUrl)").message("store: redis needs redisUrl"))]
+#[x_kube(validation = Rule::new("self.proof != 'hmac' || has(self.chainKeySecretRef)").message("proof: hmac needs chainKeySecretRef, a Secret key holding at least 32 random bytes (e.g. `openssl rand -hex 32`)"))]
+#[x_kube(validation = Rule::new("self.proof == 'hmac' || !has(self.chainKeySecretRef)").message("chainKeySecretRef is used only with proof: hmac; remove it or set proof: hmac"))]
 pub struct SessionChainPolicySpec {
     /// Header names of the protocol.
     #[serde(default)]
@@ -54,6 +56,15 @@ pub struct SessionChainPolicySpec {
     /// Hash function of the chain. Only `sha256`.
     #[serde(default)]
     pub hash: ChainHash,
+    /// What makes a link unforgeable: `hash` (anyone holding the session id can compute the
+    /// next link), `hmac` (a chain key handed out once at creation) or `signature` (a
+    /// non-extractable browser key signs every request). Default `hash`.
+    #[serde(default)]
+    pub proof: ChainProof,
+    /// For `proof: hmac`: the Secret key whose value (at least 32 bytes) every chain key is
+    /// derived from. Every replica derives the same keys, so nothing extra is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_key_secret_ref: Option<SecretKeyRef>,
 }
 
 fn default_ttl() -> String {
@@ -111,4 +122,22 @@ pub enum ChainHash {
     /// SHA-256, hex encoded.
     #[default]
     Sha256,
+}
+
+/// Fewest bytes a `chainKeySecretRef` value may hold: HMAC-SHA256 keys shorter than its output
+/// weaken it.
+pub const MIN_CHAIN_KEY_SECRET_BYTES: usize = 32;
+
+/// What proves a request is the session's next one.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainProof {
+    /// `x-request-id = SHA256_hex(last)`: stops copied requests, not a script that saw the id.
+    #[default]
+    Hash,
+    /// `x-request-id = HMAC-SHA256_hex(chain_key, last)`, the chain key returned once at creation.
+    Hmac,
+    /// `SHA256_hex(last)` plus an ECDSA P-256 signature over the request by the key registered at
+    /// creation.
+    Signature,
 }

@@ -5,12 +5,16 @@
 //! Data flow: [`Chains::build`] turns the snapshot's policies that served routes use into
 //! [`ChainPolicy`]s (header names, hashed API keys, TTL, the store), once per config. `POST
 //! <createPath>` is answered by [`create`] before routing: an app key buys a random 256-bit
-//! session id, the chain's first `last`. A session's record holds its app and the link it
-//! expects next, `SHA256_hex(last)`, computed by Keygate when `last` is set — so [`check`] is one
-//! store round trip: a compare-and-set of `<app>\n<presented link>` to `<app>\n<SHA256_hex of
-//! it>`. That single atomic operation checks the app, the link and the session's existence, and
-//! advances the chain; on Redis it is one server-side script, so of two replicas racing for the
-//! same link exactly one wins. Only a refusal reads the record, to name the reason. The chain
+//! session id, the chain's first `last`. A session's record is `<app>\n<next link>[<tail>]`: its
+//! app, the link it expects next (computed by Keygate when `last` is set, as the policy's
+//! [`Proof`] says) and what the session registered (the public key in `signature` mode). So
+//! [`check`] is one compare-and-set of `<app>\n<presented link><tail>` to `<app>\n<the link after
+//! it><tail>`. That single atomic operation checks the app, the link and the session's existence,
+//! and advances the chain; on Redis it is one server-side script, so of two replicas racing for
+//! the same link exactly one wins. In `hash` and `hmac` modes the tail is empty and only a
+//! refusal reads the record, to name the reason; in `signature` mode the record is read first for
+//! the public key, and the signature is verified before the compare-and-set, so a forged request
+//! never advances anyone's chain. The chain
 //! advances when Keygate accepts, before the upstream answers; [`signal`] tells the client so
 //! (`x-keygate-chain: advanced`), also when the upstream fails.
 //!
@@ -35,15 +39,19 @@ use keygate_crds::{SecretSnapshot, Snapshot};
 use sha2::{Digest, Sha256};
 
 use crate::apikeys::ApiKeys;
-use crate::body::Body;
+use crate::body::{Body, ReadError, full, read_to_limit};
 use crate::config::{ConfigError, LiveRoute};
 use crate::error::ProxyError;
+use crate::pipeline::path::original_target;
+use crate::pipeline::proof::{self, Proof};
 use crate::proxy::Shared;
 use crate::seal::random_token;
 use crate::store::{self, Store, StoreError, Stores};
 
 /// Response header that tells the client its chain moved on.
-pub const ADVANCED_HEADER: HeaderName = HeaderName::from_static("x-keygate-chain");
+pub const ADVANCED_HEADER: HeaderName = HeaderName::from_static(keygate_crds::snapshot::CHAIN_HEADER);
+/// Request header carrying the signature in `signature` mode.
+pub const SIGNATURE_HEADER: HeaderName = HeaderName::from_static(keygate_crds::snapshot::SIGNATURE_HEADER);
 /// [`ADVANCED_HEADER`]'s value.
 pub const ADVANCED: &str = "advanced";
 
@@ -53,6 +61,8 @@ const CREATE_BODY_LIMIT: usize = 4096;
 const CREATE_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of randomness in a session id.
 const SESSION_ID_BYTES: usize = 32;
+/// A link: a SHA-256 or HMAC-SHA256, hex encoded.
+const LINK_HEX_LEN: usize = 64;
 
 /// One `SessionChainPolicy`, ready to serve.
 pub struct ChainPolicy {
@@ -65,6 +75,7 @@ pub struct ChainPolicy {
     request_id: HeaderName,
     keys: ApiKeys,
     ttl: Duration,
+    proof: Proof,
     /// Where sessions live; per-app and per-session rate limits use it too.
     pub store: Arc<dyn Store>,
 }
@@ -116,6 +127,7 @@ impl Chains {
                 HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| bad(field, format!("{name:?} is not a header name")))
             };
+            let proof = Proof::build(spec, secrets, namespace).map_err(|(field, message)| bad(field, message))?;
             let ttl = parse_duration_ms(&spec.ttl)
                 .filter(|ms| *ms > 0)
                 .ok_or_else(|| bad("ttl", format!("{:?} is not a positive duration such as 30m", spec.ttl)))?;
@@ -146,6 +158,7 @@ impl Chains {
                 request_id: header("headers.requestId", &spec.headers.request_id)?,
                 keys: ApiKeys::from_secret(secrets, namespace, &spec.api_keys_secret_ref.name),
                 ttl: Duration::from_millis(ttl),
+                proof,
                 store,
             });
             if let Some(other) = chains.by_create_path.insert(spec.create_path.clone(), policy.clone()) {
@@ -190,9 +203,28 @@ fn fingerprint(secret: &[u8]) -> String {
     hex::encode(&h.finalize()[..4])
 }
 
-/// A session's stored record once `last` is set: its app and the link expected next.
-fn record(app: &str, last: &[u8]) -> Vec<u8> {
-    [app.as_bytes(), b"\n", hex::encode(Sha256::digest(last)).as_bytes()].concat()
+/// A session's stored record: its app, a link (the one expected next) and what the session
+/// registered at creation.
+fn record(app: &str, link: &[u8], tail: &[u8]) -> Vec<u8> {
+    [app.as_bytes(), b"\n", link, tail].concat()
+}
+
+/// The registered part of `app`'s record, `None` if the record is another app's.
+fn tail_of<'r>(stored: &'r [u8], app: &str) -> Option<&'r [u8]> {
+    stored
+        .strip_prefix(app.as_bytes())?
+        .strip_prefix(b"\n")?
+        .get(LINK_HEX_LEN..)
+}
+
+/// Why a request whose link did not win was refused, from the session's record.
+fn refusal(stored: Option<&[u8]>, app: &str) -> ProxyError {
+    match stored {
+        None => ProxyError::SessionTimeOut,
+        Some(r) if tail_of(r, app).is_none() => ProxyError::InvalidApiKey,
+        // A wrong link, a replay, or another request with the same link got there first.
+        Some(_) => ProxyError::RequestOutOfSession,
+    }
 }
 
 fn unavailable(policy: &ChainPolicy, e: StoreError) -> ProxyError {
@@ -200,8 +232,9 @@ fn unavailable(policy: &ChainPolicy, e: StoreError) -> ProxyError {
     ProxyError::StoreUnavailable
 }
 
-/// Answers `POST <createPath>`: checks the app key and the `{"machine_id": ...}` body, stores a
-/// new session and returns `{"session_id": ...}`.
+/// Answers `POST <createPath>`: checks the app key and the `{"machine_id": ...}` body (plus
+/// `"public_key"` in `signature` mode), stores a new session and returns `{"session_id": ...}`
+/// (plus `"chain_key"`, this once, in `hmac` mode).
 pub async fn create(
     shared: &Shared,
     policy: &ChainPolicy,
@@ -222,30 +255,40 @@ pub async fn create(
     #[derive(serde::Deserialize)]
     struct CreateBody {
         machine_id: String,
+        #[serde(default)]
+        public_key: Option<String>,
     }
     // The machine id is required by the protocol but not trusted for anything: the session id
     // is random, never derived from it.
-    match serde_json::from_slice::<CreateBody>(&body) {
-        Ok(b) if !b.machine_id.trim().is_empty() => {}
+    let body = match serde_json::from_slice::<CreateBody>(&body) {
+        Ok(b) if !b.machine_id.trim().is_empty() => b,
         _ => {
             return Err(ProxyError::BadRequest(
                 r#"the body must be JSON {"machine_id": "<uuid>"}"#,
             ));
         }
-    }
+    };
     let session_id = random_token(SESSION_ID_BYTES);
+    let registered = policy
+        .proof
+        .register(session_id.as_bytes(), body.public_key.as_deref())?;
+    let first = policy.proof.next(session_id.as_bytes(), session_id.as_bytes());
     policy
         .store
         .set(
             &policy.record_key(session_id.as_bytes()),
-            &record(&app, session_id.as_bytes()),
+            &record(&app, first.as_bytes(), &registered.tail),
             Some(policy.ttl),
         )
         .await
         .map_err(|e| unavailable(policy, e))?;
     shared.metrics.app_request(&policy.id, &app);
     tracing::debug!(policy = %policy.id, app = %app, session = %fingerprint(session_id.as_bytes()), "session created");
-    let body = serde_json::json!({ "session_id": session_id }).to_string();
+    let mut answer = serde_json::json!({ "session_id": session_id });
+    if let Some(chain_key) = registered.chain_key {
+        answer["chain_key"] = chain_key.into();
+    }
+    let body = answer.to_string();
     let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -257,13 +300,23 @@ pub async fn create(
 #[must_use]
 pub struct Advanced(());
 
-/// On a chain route, checks the request's API key, session and link, and advances the chain.
-/// The protocol headers are removed: the upstream never sees them.
-pub async fn check(shared: &Shared, route: &LiveRoute, parts: &mut Parts) -> Result<Option<Advanced>, ProxyError> {
-    let Some(policy) = &route.chain else { return Ok(None) };
+/// On a chain route, checks the request's API key, session and link (and, in `signature` mode,
+/// its signature), and advances the chain. The protocol headers are removed: the upstream never
+/// sees them. The body comes back unchanged; in `signature` mode it was read (up to the route's
+/// `bodyLimit`) to be verified, and is forwarded from that copy.
+pub async fn check(
+    shared: &Shared,
+    route: &LiveRoute,
+    parts: &mut Parts,
+    body: Body,
+) -> Result<(Option<Advanced>, Body), ProxyError> {
+    let Some(policy) = &route.chain else {
+        return Ok((None, body));
+    };
     let app = policy.app(parts).cloned();
     let session = parts.headers.remove(&policy.session_id);
-    let link = parts.headers.remove(&policy.request_id);
+    let sent_link = parts.headers.remove(&policy.request_id);
+    let signature = parts.headers.remove(SIGNATURE_HEADER);
     parts.headers.remove(&policy.api_key);
     let refuse = |code: ProxyError, session: Option<&HeaderValue>| {
         tracing::debug!(
@@ -278,35 +331,65 @@ pub async fn check(shared: &Shared, route: &LiveRoute, parts: &mut Parts) -> Res
 
     let app = app.ok_or_else(|| refuse(ProxyError::InvalidApiKey, session.as_ref()))?;
     let session = session.ok_or_else(|| refuse(ProxyError::InvalidSession, None))?;
-    let link = link
-        .filter(|l| l.len() == 64 && l.as_bytes().iter().all(u8::is_ascii_hexdigit))
+    let sent_link = sent_link
+        .filter(|l| l.len() == LINK_HEX_LEN && l.as_bytes().iter().all(u8::is_ascii_hexdigit))
         .ok_or_else(|| refuse(ProxyError::InvalidRequestId, Some(&session)))?;
-    let link = link.as_bytes().to_ascii_lowercase();
+    let link = sent_link.as_bytes().to_ascii_lowercase();
 
     let key = policy.record_key(session.as_bytes());
+    let (tail, body) = if policy.proof.signs() {
+        // An unsigned request costs neither a store read nor buffering its body.
+        let signature = signature.ok_or_else(|| refuse(ProxyError::InvalidSignature, Some(&session)))?;
+        // The public key is in the record, so it is read first; the signature is checked
+        // before the compare-and-set, so a forged request never advances anyone's chain.
+        let stored = policy.store.get(&key).await.map_err(|e| unavailable(policy, e))?;
+        let tail = stored
+            .as_deref()
+            .and_then(|r| tail_of(r, &app))
+            .ok_or_else(|| refuse(refusal(stored.as_deref(), &app), Some(&session)))?
+            .to_vec();
+        let bytes = read_body(route, body).await?;
+        let message = proof::signed_message(
+            parts.method.as_str(),
+            original_target(parts),
+            &bytes,
+            sent_link.as_bytes(),
+        );
+        proof::verify(&tail, &message, signature.as_bytes()).map_err(|e| refuse(e, Some(&session)))?;
+        (tail, full(bytes))
+    } else {
+        (Vec::new(), body)
+    };
     // The expected record carries the presented app too: another app's key, even a valid one,
     // must not drive this session.
-    let expected = [app.as_bytes(), b"\n", &link].concat();
+    let next = policy.proof.next(session.as_bytes(), &link);
     let won = policy
         .store
-        .compare_and_set(&key, &expected, &record(&app, &link), Some(policy.ttl))
+        .compare_and_set(
+            &key,
+            &record(&app, &link, &tail),
+            &record(&app, next.as_bytes(), &tail),
+            Some(policy.ttl),
+        )
         .await
         .map_err(|e| unavailable(policy, e))?;
     if won {
         shared.metrics.app_request(&route.id, &app);
-        return Ok(Some(Advanced(())));
+        return Ok((Some(Advanced(())), body));
     }
     // Refused; read the record only to say why.
     let stored = policy.store.get(&key).await.map_err(|e| unavailable(policy, e))?;
-    Err(refuse(
-        match stored {
-            None => ProxyError::SessionTimeOut,
-            Some(r) if !r.starts_with(&[app.as_bytes(), b"\n"].concat()) => ProxyError::InvalidApiKey,
-            // A wrong link, a replay, or another request with the same link got there first.
-            Some(_) => ProxyError::RequestOutOfSession,
-        },
-        Some(&session),
-    ))
+    Err(refuse(refusal(stored.as_deref(), &app), Some(&session)))
+}
+
+/// Buffers a request body to sign-check it, within the route's `bodyLimit` and request timeout.
+async fn read_body(route: &LiveRoute, body: Body) -> Result<Bytes, ProxyError> {
+    let limit = route.spec.body_limit;
+    match tokio::time::timeout(route.request_timeout, read_to_limit(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(ReadError::TooLarge(limit))) => Err(ProxyError::BodyTooLarge(limit)),
+        _ => Err(ProxyError::BadRequest("the request body could not be read")),
+    }
 }
 
 /// Marks the answer to a request whose chain advanced, success or failure, so the client moves

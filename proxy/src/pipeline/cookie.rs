@@ -35,6 +35,8 @@ use crate::store::{self, Store, Stores};
 
 /// Browsers drop cookies whose name, value and attributes exceed 4096 bytes; stay clear of it.
 const MAX_COOKIE_BYTES: usize = 4000;
+/// Response header repeating the double-submit CSRF token at session start.
+pub const CSRF_TOKEN_HEADER: HeaderName = HeaderName::from_static(keygate_crds::snapshot::CSRF_TOKEN_HEADER);
 /// How long the store keeps a server-side token when the cookie has no `maxAgeSeconds`.
 const SERVER_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -245,10 +247,13 @@ impl CookieTranslation {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.append(header::SET_COOKIE, set_cookie(&self.cookie, &value, &self.attributes)?);
         if let Some(csrf) = &self.csrf_cookie {
-            h.append(
-                header::SET_COOKIE,
-                set_cookie(csrf, &random_token(32), &self.csrf_attributes)?,
-            );
+            let token = random_token(32);
+            h.append(header::SET_COOKIE, set_cookie(csrf, &token, &self.csrf_attributes)?);
+            // A page on another host cannot read this cookie (it belongs to the proxy's host), so
+            // the token also comes back in a header, exposed on CORS answers.
+            let value =
+                HeaderValue::from_str(&token).map_err(|_| fail("the CSRF token is not a header value".into()))?;
+            h.insert(CSRF_TOKEN_HEADER, value);
         }
         let body = serde_json::to_vec(&browser).expect("a JSON value serializes");
         Ok(Response::from_parts(parts, full(Bytes::from(body))))

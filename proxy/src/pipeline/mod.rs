@@ -2,7 +2,7 @@
 //! [`client`] (who is asking, resolved once per request) → [`path`] (one canonical spelling, before routing) → [`cors`] (preflights answered here) → [`limits`] (method, content type, body size) →
 //! [`cookie`] (session start and logout intercepted) → [`auth`] (cookie translated, API key
 //! checked) → [`csrf`] (unsafe methods) → [`ratelimit`] (token buckets) → [`chain`] (session-chain
-//! check and advance; its create path is served before routing) → destination (see
+//! check and advance, each link proven as [`proof`] says; its create path is served before routing) → destination (see
 //! [`crate::external`]) → vault detokenization (see [`crate::vault`]) → [`request`] (the upstream
 //! request: URL, header hygiene, injected headers) → upstream (see [`crate::proxy`]) →
 //! [`response`] (header hygiene and renames on the way back; the login answer becomes a cookie;
@@ -16,6 +16,7 @@ pub mod cors;
 pub mod csrf;
 pub mod limits;
 pub mod path;
+pub mod proof;
 pub mod ratelimit;
 pub mod request;
 pub mod response;

@@ -132,6 +132,30 @@ pub fn normalize(path: &str) -> Result<Normalized<'_>, BadPath> {
     })
 }
 
+/// The path and query exactly as the client wrote them in the request target, kept as a request
+/// extension when normalization changed them: a signature (`proof: signature` chains) covers what
+/// the client sent, not Keygate's canonical spelling of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginalTarget(pub PathAndQuery);
+
+/// [`normalize_uri`] on a request, keeping the [`OriginalTarget`] when the path changed.
+pub fn normalize_request<B>(req: &mut http::Request<B>) -> Result<bool, BadPath> {
+    let original = req.uri().path_and_query().cloned();
+    let encoded_slash = normalize_uri(req.uri_mut())?;
+    if let Some(original) = original.filter(|o| Some(o) != req.uri().path_and_query()) {
+        req.extensions_mut().insert(OriginalTarget(original));
+    }
+    Ok(encoded_slash)
+}
+
+/// The path and query the client sent: the [`OriginalTarget`] if normalization changed them.
+pub fn original_target(parts: &http::request::Parts) -> &str {
+    match parts.extensions.get::<OriginalTarget>() {
+        Some(OriginalTarget(original)) => original.as_str(),
+        None => parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+    }
+}
+
 /// Replaces the request URI's path with its canonical form, keeping the query untouched. Returns
 /// whether the path carries an encoded slash (see [`Normalized::encoded_slash`]).
 pub fn normalize_uri(uri: &mut Uri) -> Result<bool, BadPath> {
@@ -386,5 +410,21 @@ mod tests {
         let mut uri: Uri = "/plain?x=1".parse().unwrap();
         normalize_uri(&mut uri).unwrap();
         assert_eq!(uri, "/plain?x=1");
+    }
+
+    #[test]
+    fn the_original_target_is_kept_only_when_it_changed() {
+        let mut req = http::Request::get("/api/./a/%61?q=%2e").body(()).unwrap();
+        normalize_request(&mut req).unwrap();
+        let (parts, ()) = req.into_parts();
+        assert_eq!(parts.uri, "/api/a/a?q=%2e");
+        assert_eq!(original_target(&parts), "/api/./a/%61?q=%2e");
+        let mut req = http::Request::get("/api/a?q=1").body(()).unwrap();
+        normalize_request(&mut req).unwrap();
+        assert!(
+            req.extensions().get::<OriginalTarget>().is_none(),
+            "no copy when nothing changed"
+        );
+        assert_eq!(original_target(&req.into_parts().0), "/api/a?q=1");
     }
 }

@@ -137,6 +137,41 @@ pub fn secret_yaml(name: &str, data: &BTreeMap<&str, &str>) -> String {
     s
 }
 
+/// Neither the secrets nor a 12-character prefix of one (a truncated id or link) reached a log.
+pub fn assert_nothing_logged(secrets: &[String]) {
+    for s in secrets {
+        keygate_tests::logs::assert_not_logged(s);
+        keygate_tests::logs::assert_not_logged(&s[..12]);
+    }
+}
+
+/// Sends `copies` of one request at once, spread over `proxies` in turn (`send` sends it to one
+/// proxy); `refused` checks every answer that is not `200`. Returns how many were accepted.
+pub async fn accepted_among_copies<F, Fut>(
+    proxies: &[Arc<Proxy>],
+    copies: usize,
+    send: F,
+    refused: impl Fn(&Got),
+) -> usize
+where
+    F: Fn(Arc<Proxy>) -> Fut,
+    Fut: Future<Output = Got> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..copies)
+        .map(|i| tokio::spawn(send(proxies[i % proxies.len()].clone())))
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        let got = t.await.unwrap();
+        if got.status == http::StatusCode::OK {
+            accepted += 1;
+        } else {
+            refused(&got);
+        }
+    }
+    accepted
+}
+
 /// How long a test waits for one step before failing instead of hanging.
 pub const LIMIT: Duration = Duration::from_secs(15);
 
