@@ -6,8 +6,9 @@
 //! route's session-chain store (Redis when the chain is shared across replicas); `per: route` and
 //! `per: client` use the process's memory store, so they count per replica. A request whose app
 //! or session cannot be told (no chain on the route, unknown key, no session header) is counted
-//! per client address (see [`super::client`]) instead: it cannot escape the limit by leaving the header out. Bucket keys
-//! go through `store::key`, so session ids and addresses are hashed.
+//! per client address instead: it cannot escape the limit by leaving the header out. The client
+//! address is the one [`super::client`] resolved (behind trusted balancers, the real client's).
+//! Bucket keys go through `store::key`, so session ids and addresses are hashed.
 
 use std::net::IpAddr;
 use std::sync::Arc;
