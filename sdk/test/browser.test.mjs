@@ -261,3 +261,43 @@ test("tabs sharing one session (opt-in) never refuse each other, and a held lock
   assert.match(blocked, /^KeygateError: another tab held the session lock for over 300 ms/);
   await context.close();
 });
+
+test("examples/spa/run: the example app works as its README says", async () => {
+  const { spawn } = await import("node:child_process");
+  const { proxyBinary } = await import("./world.mjs");
+  const script = new URL("../../examples/spa/run", import.meta.url).pathname;
+  // Its own process group, so the script and everything it started stop together.
+  const run = spawn("bash", [script], { env: { ...process.env, KEYGATE_PROXY: proxyBinary() }, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  run.stdout.on("data", (d) => (output += d));
+  run.stderr.on("data", (d) => (output += d));
+  try {
+    const deadline = Date.now() + 120_000;
+    while (!output.includes("The example app is at")) {
+      assert.ok(run.exitCode === null, `examples/spa/run exited:\n${output}`);
+      assert.ok(Date.now() < deadline, `examples/spa/run not ready:\n${output}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto("http://localhost:8080/app/");
+    const click = async (id) => {
+      const before = await page.textContent("#out");
+      await page.click(`#${id}`);
+      await page.waitForFunction((b) => document.getElementById("out").textContent !== b, before);
+      return page.textContent("#out");
+    };
+    assert.match(await click("login"), /"user": "ada"/);
+    assert.match(await click("me"), /"authorizationSeenByApi": "Bearer demo-token-for-ada"/);
+    assert.match(await click("order"), /"order": 1/);
+    const five = JSON.parse(await click("orders5"));
+    assert.deepEqual(five.map((o) => o.order), [2, 3, 4, 5, 6]);
+    assert.match(await click("partner"), /"partnerKeyArrived": true/);
+    assert.match(await click("logout"), /logged out/);
+    assert.match(await click("me"), /401 SESSION_REQUIRED/);
+    await context.close();
+  } finally {
+    process.kill(-run.pid, "SIGINT");
+    await new Promise((r) => run.on("exit", r));
+  }
+});
