@@ -19,8 +19,8 @@ export interface ChainOptions {
   /** Sent at session creation; default a random UUID per client. */
   machineId?: string;
   /**
-   * Share one session among this origin's tabs (Web Locks + localStorage); default off: one
-   * session per tab. Not with `signature`, whose key cannot leave the tab that made it.
+   * Share one session among this origin's tabs (Web Locks + IndexedDB); default off: one
+   * session per tab. A `signature` key is shared as the non-extractable key it is.
    */
   shareAcrossTabs?: boolean | { lockName?: string; lockTimeoutMs?: number; holdTimeoutMs?: number };
 }
@@ -109,9 +109,6 @@ export class Chain {
     };
     this.machineId = opts.machineId ?? crypto.randomUUID();
     const share = opts.shareAcrossTabs;
-    if (share && this.proof === "signature") {
-      throw new KeygateError("shareAcrossTabs does not work with proof: signature: the signing key never leaves its tab");
-    }
     this.shared = share
       ? {
           lockName: (typeof share === "object" && share.lockName) || `keygate-chain:${opts.createPath}`,
@@ -132,19 +129,19 @@ export class Chain {
   }
 
   /**
-   * The cross-tab variant: the session lives in localStorage and a Web Lock serializes tabs.
-   * Both waits are bounded — a tab that never gets the lock fails, and a holder whose request
-   * hangs gives the lock up and marks the session unknown — so no tab can block the others.
+   * The cross-tab variant: the session lives in IndexedDB and a Web Lock serializes tabs.
+   * IndexedDB, not localStorage: another tab may read localStorage before this tab's write
+   * reaches it, and would send a spent link; a transaction that has completed is what every
+   * tab reads next. Both waits are bounded — a tab that never gets the lock fails, and a holder
+   * whose request hangs gives the lock up and drops the session — so no tab blocks the others.
    */
   private async underLock(attempt: Attempt, signal?: AbortSignal): Promise<Response> {
     const { lockName, lockTimeoutMs, holdTimeoutMs } = this.shared!;
-    const store = `keygate-chain:${this.opts.createPath}`;
     const waiting = AbortSignal.timeout(lockTimeoutMs);
     const lockSignal = signal ? AbortSignal.any([signal, waiting]) : waiting;
     try {
       return await navigator.locks.request(lockName, { signal: lockSignal }, async () => {
-        const saved = localStorage.getItem(store);
-        this.session = saved ? (JSON.parse(saved) as Session) : undefined;
+        this.session = await stored("readonly", (s) => s.get(lockName));
         const work = this.exchange(attempt, signal);
         const released = new AbortController();
         const held = sleep(holdTimeoutMs, released.signal).then(() => {
@@ -155,8 +152,8 @@ export class Chain {
           return await Promise.race([work, held]);
         } finally {
           released.abort();
-          if (this.session) localStorage.setItem(store, JSON.stringify(this.session));
-          else localStorage.removeItem(store);
+          const session = this.session;
+          await stored("readwrite", (s) => (session ? s.put(session, lockName) : s.delete(lockName)));
         }
       });
     } catch (e) {
@@ -245,4 +242,20 @@ export class Chain {
     const text = ["keygate-chain-v1", attempt.method, url.pathname + url.search, await sha256(await attempt.bodyBytes()), link];
     return b64url(await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, signer, utf8(text.join("\n"))));
   }
+}
+
+/** One IndexedDB request in its own transaction, resolved once the transaction has completed. */
+function stored<T>(mode: IDBTransactionMode, op: (store: IDBObjectStore) => IDBRequest): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open("keygate-chain", 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("sessions");
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const db = open.result;
+      const tx = db.transaction("sessions", mode);
+      const req = op(tx.objectStore("sessions"));
+      tx.oncomplete = () => (db.close(), resolve(req.result as T));
+      tx.onerror = tx.onabort = () => (db.close(), reject(tx.error));
+    };
+  });
 }

@@ -19,4 +19,4 @@ on("me", () => kg.json("/api/me", { chain: false }));
 on("logout", () => kg.logout("/api/logout", { chain: false }).then(() => "logged out"));
 on("order", () => kg.json("/orders/new", { method: "POST", body: "{}" }));
 on("orders5", () => Promise.all(Array.from({ length: 5 }, () => kg.json("/orders/new", { method: "POST", body: "{}" }))));
-on("partner", () => kg.withDestination("http://localhost:9100/partner").json("/partner/status", { chain: false }));
+on("partner", () => kg.withDestination("http://partner.localhost:9100/partner").json("/partner/status", { chain: false }));
