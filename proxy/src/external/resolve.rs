@@ -24,12 +24,25 @@ pub trait Resolve: Send + Sync + 'static {
     fn resolve(&self, host: String) -> BoxFuture<'static, io::Result<Vec<IpAddr>>>;
 }
 
-/// The operating system's resolver (`getaddrinfo` on tokio's blocking pool).
+/// The operating system's resolver (`getaddrinfo` on tokio's blocking pool), but for
+/// `localhost` and `*.localhost`, which are loopback without asking DNS (RFC 6761 §6.3), as
+/// browsers answer them: a DNS server cannot point them elsewhere, and a local example can name
+/// `partner.localhost` on any machine. An allowlist still refuses loopback unless `allowCidrs`
+/// opens it.
 #[derive(Debug, Default)]
 pub struct SystemResolver;
 
+/// Whether `host` is `localhost` or a name under it.
+fn is_localhost(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
+}
+
 impl Resolve for SystemResolver {
     fn resolve(&self, host: String) -> BoxFuture<'static, io::Result<Vec<IpAddr>>> {
+        if is_localhost(&host) {
+            return Box::pin(std::future::ready(Ok(vec![IpAddr::from([127, 0, 0, 1])])));
+        }
         Box::pin(async move {
             Ok(tokio::net::lookup_host((host.as_str(), 0))
                 .await?
@@ -168,5 +181,23 @@ impl tower_service::Service<Name> for Resolver {
                 .collect::<Vec<_>>()
                 .into_iter())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn localhost_names_are_loopback_without_dns() {
+        for name in ["localhost", "partner.localhost", "A.B.LOCALHOST.", "localhost."] {
+            assert_eq!(
+                SystemResolver.resolve(name.to_string()).await.unwrap(),
+                [IpAddr::from([127, 0, 0, 1])],
+                "{name}"
+            );
+        }
+        assert!(!is_localhost("localhost.example.com"));
+        assert!(!is_localhost("notlocalhost"));
     }
 }
