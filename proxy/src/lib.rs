@@ -11,6 +11,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod external;
+pub mod idle;
 pub mod metrics;
 pub mod pipeline;
 pub mod process;

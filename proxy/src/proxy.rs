@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use http::{Request, Response, Version};
@@ -16,6 +16,7 @@ use crate::body::{Body, LimitedBody};
 use crate::config::{Config, LiveRoute};
 use crate::error::ProxyError;
 use crate::external::{self, resolve::Refused};
+use crate::idle::StallingBody;
 use crate::metrics::Metrics;
 use crate::pipeline::auth::Caller;
 use crate::pipeline::cookie::Step;
@@ -38,6 +39,27 @@ pub struct Shared {
     pub clients: ClientCache,
     /// Session, token and rate-limit stores, kept across reloads.
     pub stores: Stores,
+    /// Per-request limits set by the command line.
+    pub limits: RequestLimits,
+}
+
+/// Limits every request meets, whatever its route.
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    /// Most header fields in a request; more get `431 TOO_MANY_HEADERS` (HTTP/1.1 heads past it
+    /// are refused by hyper first, with a bare 431).
+    pub max_headers: usize,
+    /// How long a request body may stall while the upstream waits for it; then `408`.
+    pub body_idle_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_headers: 100,
+            body_idle_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Serves one request.
@@ -78,6 +100,8 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
         .map(|_| req.headers().get(http::header::ORIGIN).cloned());
     let result = if let Err(bad) = normalized {
         Err(ProxyError::from(bad))
+    } else if req.headers().len() > shared.limits.max_headers {
+        Err(ProxyError::TooManyHeaders(shared.limits.max_headers))
     } else if let Some(cors) = cors.filter(|_| own && preflight) {
         cors.preflight(&req.into_parts().0)
     } else {
@@ -184,8 +208,15 @@ async fn send(
     parts.version = Version::HTTP_11;
 
     let exceeded = Arc::new(AtomicBool::new(false));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let body = StallingBody::new(body, shared.limits.body_idle_timeout, stalled.clone());
     let body = LimitedBody::new(body, route.spec.body_limit, exceeded.clone()).boxed();
-    let body = vault::detokenize(route, &mut parts, body).await?;
+    let body = match vault::detokenize(route, &mut parts, body).await {
+        Err(_) if stalled.load(Ordering::Acquire) => {
+            return Err(ProxyError::RequestTimeout(shared.limits.body_idle_timeout.as_secs()));
+        }
+        result => result?,
+    };
     let sent = Instant::now();
     let outcome = tokio::time::timeout(
         route.request_timeout,
@@ -196,6 +227,9 @@ async fn send(
     let upstream = match outcome {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(_)) if exceeded.load(Ordering::Acquire) => return Err(ProxyError::BodyTooLarge(route.spec.body_limit)),
+        Ok(Err(_)) if stalled.load(Ordering::Acquire) => {
+            return Err(ProxyError::RequestTimeout(shared.limits.body_idle_timeout.as_secs()));
+        }
         Ok(Err(e)) => {
             let err = classify(&e);
             tracing::warn!(route = %route.spec.id, code = err.code(), error = %ErrorChain(&e), "upstream request failed");

@@ -18,6 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::idle::{Activity, IdleIo, hold_busy};
 use crate::proxy::{Shared, handle};
 
 /// Limits of the proxy listener.
@@ -29,6 +30,19 @@ pub struct ListenerLimits {
     pub max_header_bytes: usize,
     /// How long shutdown waits for requests in flight.
     pub drain: Duration,
+    /// How long a client may take to send a request head (slowloris); hyper then answers a bare
+    /// 408 and closes. It also closes HTTP/1.1 connections idle that long between requests.
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight.
+    pub keepalive_timeout: Duration,
+    /// HTTP/2 streams one client may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may open and reset before Keygate accepts them; past it the
+    /// connection gets `GOAWAY ENHANCE_YOUR_CALM` (rapid reset, CVE-2023-44487).
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2 streams Keygate may reset for a client's protocol errors before closing the
+    /// connection (the "MadeYouReset" variant of rapid reset).
+    pub h2_max_local_error_reset_streams: usize,
 }
 
 impl Default for ListenerLimits {
@@ -37,6 +51,11 @@ impl Default for ListenerLimits {
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
             drain: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(75),
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 256,
         }
     }
 }
@@ -52,12 +71,19 @@ pub async fn serve_proxy(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
+    // hyper's default is 100; setting any value moves its header array to the heap (~5% slower).
+    if shared.limits.max_headers != 100 {
+        builder.http1().max_headers(shared.limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams);
     if let Ok(addr) = listener.local_addr() {
         shared.clients.network.add_listener(addr);
     }
@@ -86,9 +112,12 @@ pub async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let activity = Activity::default();
+        let stream = IdleIo::new(stream, activity.clone(), limits.keepalive_timeout);
         let service = service_fn(move |req: Request<Incoming>| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
+            let busy = activity.begin();
+            async move { Ok::<_, Infallible>(handle(shared, req, peer).await.map(|b| hold_busy(b, busy))) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);

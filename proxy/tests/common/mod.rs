@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_proxy::external::resolve::{Network, Resolve};
-use keygate_proxy::proxy::Shared;
+use keygate_proxy::proxy::{RequestLimits, Shared};
 use keygate_proxy::server::{ListenerLimits, serve_proxy};
 use keygate_proxy::source::{self, Source};
 use keygate_proxy::upstream::ClientCache;
@@ -51,7 +51,22 @@ impl Proxy {
         Proxy::launch(source, dir, Shared::default()).await
     }
 
+    /// [`Proxy::start`] with listener and request limits other than the defaults.
+    pub async fn start_limited(manifests: &str, listener: ListenerLimits, request: RequestLimits) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keygate.yaml"), manifests).unwrap();
+        let shared = Shared {
+            limits: request,
+            ..Shared::default()
+        };
+        Proxy::launch_with(Source::Manifests(dir.path().to_path_buf()), dir, shared, listener).await
+    }
+
     async fn launch(source: Source, dir: tempfile::TempDir, shared: Shared) -> Proxy {
+        Proxy::launch_with(source, dir, shared, ListenerLimits::default()).await
+    }
+
+    async fn launch_with(source: Source, dir: tempfile::TempDir, shared: Shared, limits: ListenerLimits) -> Proxy {
         let shared = Arc::new(shared);
         let (digest, _) =
             source::load_once(&source, &shared).unwrap_or_else(|e| panic!("test manifests do not load: {e}"));
@@ -63,12 +78,7 @@ impl Proxy {
             Some(digest),
             Duration::from_millis(20),
         ));
-        tokio::spawn(serve_proxy(
-            listener,
-            shared.clone(),
-            ListenerLimits::default(),
-            std::future::pending(),
-        ));
+        tokio::spawn(serve_proxy(listener, shared.clone(), limits, std::future::pending()));
         Proxy { addr, dir, shared }
     }
 
