@@ -22,7 +22,7 @@ use crate::pipeline::auth::Caller;
 use crate::pipeline::cookie::Step;
 use crate::pipeline::cors::Cors;
 use crate::pipeline::path::{self, BadPath};
-use crate::pipeline::{auth, chain, csrf, limits, ratelimit, request, response};
+use crate::pipeline::{auth, chain, csrf, limits, ratelimit, request, response, trace};
 use crate::store::Stores;
 use crate::upstream::ClientCache;
 use crate::vault;
@@ -65,6 +65,9 @@ impl Default for RequestLimits {
 /// Serves one request.
 pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
+    // Counted before Keygate adds a traceparent of its own.
+    let too_many_headers = req.headers().len() > shared.limits.max_headers;
+    let trace_id = trace::ensure(req.headers_mut());
     // Before anything reads the path: routing and every stage see its one canonical spelling.
     let normalized = path::normalize_uri(req.uri_mut());
     // Paths only: query strings may carry tokens and never reach the log. Copied only when
@@ -100,7 +103,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
         .map(|_| req.headers().get(http::header::ORIGIN).cloned());
     let result = if let Err(bad) = normalized {
         Err(ProxyError::from(bad))
-    } else if req.headers().len() > shared.limits.max_headers {
+    } else if too_many_headers {
         Err(ProxyError::TooManyHeaders(shared.limits.max_headers))
     } else if let Some(cors) = cors.filter(|_| own && preflight) {
         cors.preflight(&req.into_parts().0)
@@ -134,6 +137,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
             route = route_id.map_or("-", |id| &**id),
             status,
             error = code.unwrap_or(""),
+            trace_id = %trace_id,
             ms = started.elapsed().as_secs_f64() * 1000.0,
         );
     }

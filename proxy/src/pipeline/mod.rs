@@ -1,5 +1,5 @@
 //! The request pipeline, one stage per module, in the order a request meets them:
-//! [`path`] (one canonical spelling, before routing) → [`cors`] (preflights answered here) → [`limits`] (method, content type, body size) →
+//! [`trace`] (a W3C `traceparent` on every request) → [`path`] (one canonical spelling, before routing) → [`cors`] (preflights answered here) → [`limits`] (method, content type, body size) →
 //! [`cookie`] (session start and logout intercepted) → [`auth`] (cookie translated, API key
 //! checked) → [`csrf`] (unsafe methods) → [`ratelimit`] (token buckets) → [`chain`] (session-chain
 //! check and advance; its create path is served before routing) → destination (see
@@ -18,6 +18,7 @@ pub mod path;
 pub mod ratelimit;
 pub mod request;
 pub mod response;
+pub mod trace;
 
 use http::header::{self, HeaderMap, HeaderName};
 
