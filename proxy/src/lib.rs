@@ -25,3 +25,4 @@ pub mod store;
 mod test_rng;
 pub mod upstream;
 pub mod vault;
+pub mod websocket;

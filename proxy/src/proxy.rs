@@ -26,6 +26,7 @@ use crate::pipeline::{auth, chain, csrf, limits, ratelimit, request, response, t
 use crate::store::Stores;
 use crate::upstream::ClientCache;
 use crate::vault;
+use crate::websocket::{self, Tunnels};
 
 /// What every connection shares: the one live config, metrics, and upstream clients.
 #[derive(Default)]
@@ -41,6 +42,8 @@ pub struct Shared {
     pub stores: Stores,
     /// Per-request limits set by the command line.
     pub limits: RequestLimits,
+    /// Open WebSocket tunnels, closed at shutdown.
+    pub tunnels: Arc<Tunnels>,
 }
 
 /// Limits every request meets, whatever its route.
@@ -195,8 +198,14 @@ async fn send(
     caller: Caller,
 ) -> Result<Response<Body>, ProxyError> {
     let base = external::destination(route, &mut parts.headers)?;
+    let websocket = (route.spec.websocket && websocket::is_handshake(&parts))
+        .then(|| websocket::ClientSide::take(&mut parts))
+        .flatten();
     // Headers first: an HTTP/2 client's host is the request URI's authority, about to be replaced.
     request::rewrite_headers(route, &mut parts, peer);
+    if websocket.is_some() {
+        websocket::restore_upgrade_headers(&mut parts.headers);
+    }
     if let Some((name, value)) = caller.upstream_auth {
         parts.headers.insert(name, value);
     }
@@ -241,6 +250,18 @@ async fn send(
         }
         Ok(Ok(resp)) => resp,
     };
+    // Any other answer to a handshake goes back as a plain response.
+    if let Some(client) = websocket
+        && upstream.status() == http::StatusCode::SWITCHING_PROTOCOLS
+    {
+        return Ok(websocket::join(
+            &shared.tunnels,
+            &shared.metrics,
+            &route.id,
+            client,
+            upstream,
+        ));
+    }
     let (mut parts, body) = upstream.into_parts();
     response::rewrite_headers(route, &mut parts);
     let body = vault::tokenize(route, &mut parts, body.map_err(Into::into).boxed()).await?;

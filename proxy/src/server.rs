@@ -114,12 +114,18 @@ pub async fn serve_proxy(
         let shared = shared.clone();
         let activity = Activity::default();
         let stream = IdleIo::new(stream, activity.clone(), limits.keepalive_timeout);
-        let service = service_fn(move |req: Request<Incoming>| {
+        let service = service_fn(move |mut req: Request<Incoming>| {
             let shared = shared.clone();
             let busy = activity.begin();
+            if req.headers().contains_key(header::UPGRADE) {
+                // A WebSocket tunnel outlives its request; it keeps the connection busy itself.
+                req.extensions_mut().insert(activity.clone());
+            }
             async move { Ok::<_, Infallible>(handle(shared, req, peer).await.map(|b| hold_busy(b, busy))) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -130,8 +136,12 @@ pub async fn serve_proxy(
     }
     drop(listener);
     tracing::info!("draining connections");
+    // WebSocket tunnels never finish by themselves: close them now, and wait for them to go.
+    let drained = async {
+        tokio::join!(graceful.shutdown(), shared.tunnels.close_all());
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = drained => tracing::info!("all connections drained"),
         () = tokio::time::sleep(limits.drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
 }

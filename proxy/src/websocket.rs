@@ -1,0 +1,157 @@
+//! WebSocket tunnels on routes with `websocket: true`. The HTTP/1.1 handshake is an ordinary
+//! request through every stage (cookie → header, API key, CSRF/Origin, rate limit, session
+//! chain); only after the upstream answers `101 Switching Protocols` do the two connections
+//! become one byte pipe. Other routes never see an upgrade: `Upgrade` and `Connection` are
+//! hop-by-hop and dropped, so the request goes on as a plain one; `Upgrade: h2c` is never a
+//! WebSocket and so never honoured. Tunnels are counted and closed when the proxy shuts down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::header::{self, HeaderValue};
+use http::{Method, Response, Version, request};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Notify, watch};
+
+use crate::body::{self, Body};
+use crate::idle::Activity;
+use crate::metrics::Metrics;
+
+/// True for an HTTP/1.1 WebSocket handshake (RFC 6455 §4.1): `GET` with `Connection: upgrade`
+/// and `Upgrade: websocket`.
+pub fn is_handshake(parts: &request::Parts) -> bool {
+    parts.method == Method::GET
+        && parts.version == Version::HTTP_11
+        && has_token(&parts.headers, header::CONNECTION, "upgrade")
+        && has_token(&parts.headers, header::UPGRADE, "websocket")
+}
+
+fn has_token(headers: &http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Puts back the upgrade headers that header hygiene removed, on the upstream request or the
+/// client's answer.
+pub fn restore_upgrade_headers(headers: &mut http::HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// The client's side of a handshake: its connection once upgraded, and the connection's
+/// activity, so the keep-alive limit leaves an open tunnel alone.
+pub struct ClientSide {
+    upgrade: OnUpgrade,
+    activity: Option<Activity>,
+}
+
+impl ClientSide {
+    /// Takes the pending upgrade out of the request, if hyper offered one.
+    pub fn take(parts: &mut request::Parts) -> Option<ClientSide> {
+        Some(ClientSide {
+            upgrade: parts.extensions.remove::<OnUpgrade>()?,
+            activity: parts.extensions.remove::<Activity>(),
+        })
+    }
+}
+
+/// Open tunnels, and the signal that closes them all at shutdown.
+pub struct Tunnels {
+    open: AtomicUsize,
+    closing: watch::Sender<bool>,
+    drained: Notify,
+}
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Tunnels {
+            open: AtomicUsize::new(0),
+            closing: watch::channel(false).0,
+            drained: Notify::new(),
+        }
+    }
+}
+
+impl Tunnels {
+    /// Tunnels open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Closes every tunnel, and refuses new ones; returns once none is open.
+    pub async fn close_all(&self) {
+        self.closing.send_replace(true);
+        loop {
+            let drained = self.drained.notified();
+            if self.open() == 0 {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
+/// Keeps a tunnel counted while it lives.
+struct Open {
+    tunnels: Arc<Tunnels>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        if self.tunnels.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.tunnels.drained.notify_waiters();
+        }
+    }
+}
+
+/// Answers the client with the upstream's `101` and joins the two connections in the
+/// background. A tunnel opened during shutdown is closed at once.
+pub fn join(
+    tunnels: &Arc<Tunnels>,
+    metrics: &Metrics,
+    route: &Arc<str>,
+    client: ClientSide,
+    mut upstream: Response<Incoming>,
+) -> Response<Body> {
+    let upstream_io = hyper::upgrade::on(&mut upstream);
+    let (mut parts, _) = upstream.into_parts();
+    crate::pipeline::strip_hop_by_hop(&mut parts.headers);
+    restore_upgrade_headers(&mut parts.headers);
+    tunnels.open.fetch_add(1, Ordering::AcqRel);
+    let gauge = metrics.websocket_opened(route);
+    let open = Open {
+        tunnels: tunnels.clone(),
+        gauge,
+    };
+    let mut closing = tunnels.closing.subscribe();
+    let route = route.clone();
+    tokio::spawn(async move {
+        let _busy = client.activity.as_ref().map(Activity::begin);
+        let (client_io, upstream_io) = match tokio::try_join!(client.upgrade, upstream_io) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(route = %route, error = %e, "websocket upgrade did not complete");
+                return;
+            }
+        };
+        let (mut client_io, mut upstream_io) = (TokioIo::new(client_io), TokioIo::new(upstream_io));
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => {
+                tracing::debug!(route = %route, result = ?copied, "websocket closed");
+            }
+            _ = closing.wait_for(|c| *c) => {
+                tracing::debug!(route = %route, "websocket closed by shutdown");
+            }
+        }
+        drop(open);
+    });
+    Response::from_parts(parts, body::empty())
+}
