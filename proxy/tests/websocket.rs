@@ -29,6 +29,8 @@ async fn echo_upstream() -> (String, Arc<Mutex<Vec<http::HeaderMap>>>) {
         while let Ok((tcp, _)) = listener.accept().await {
             let record = record.clone();
             tokio::spawn(async move {
+                // tungstenite fixes the callback's error type (a whole HTTP response).
+                #[allow(clippy::result_large_err)]
                 let callback = |req: &http::Request<()>, resp| {
                     record.lock().unwrap().push(req.headers().clone());
                     Ok(resp)
