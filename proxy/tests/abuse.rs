@@ -7,7 +7,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -255,11 +255,21 @@ async fn header_count_and_size_limits_answer_431() {
 
 #[tokio::test]
 async fn http2_streams_are_capped_per_connection_while_others_are_served() {
-    let slow = Upstream::start(|_| async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        http::Response::new(http_body_util::Full::new(Bytes::from_static(b"slow")))
-    })
-    .await;
+    // Requests the slow upstream holds at once, and the most it ever held.
+    let (busy, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let slow = {
+        let (busy, peak) = (busy.clone(), peak.clone());
+        Upstream::start(move |_| {
+            let (busy, peak) = (busy.clone(), peak.clone());
+            async move {
+                peak.fetch_max(busy.fetch_add(1, Ordering::AcqRel) + 1, Ordering::AcqRel);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                busy.fetch_sub(1, Ordering::AcqRel);
+                http::Response::new(http_body_util::Full::new(Bytes::from_static(b"slow")))
+            }
+        })
+        .await
+    };
     let fast = Upstream::ok().await;
     let yaml = route_yaml("slow", "/slow", &slow.url(), "") + &route_yaml("api", "/api", &fast.url(), "");
     let proxy = Proxy::start_limited(&yaml, limits(), request_limits()).await;
@@ -295,18 +305,13 @@ async fn http2_streams_are_capped_per_connection_while_others_are_served() {
             })
         })
         .collect();
-    let mut peak = 0;
-    let started = Instant::now();
-    while slow.count() < 30 && started.elapsed() < Duration::from_secs(20) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        peak = peak.max(slow.count());
-    }
     for s in streams {
         assert_eq!(within("a capped stream", s).await.unwrap(), StatusCode::OK);
     }
     stop.store(true, Ordering::Release);
     assert!(normal.await.unwrap() > 0);
     assert_eq!(slow.count(), 30);
+    let peak = peak.load(Ordering::Acquire);
     assert!(peak <= 10, "{peak} streams reached the upstream at once");
 }
 
