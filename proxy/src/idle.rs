@@ -165,33 +165,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 /// long download is not mistaken for an idle connection.
 pub fn hold_busy(body: Body, busy: Busy) -> Body {
     use http_body_util::BodyExt;
-    Holding {
-        inner: body,
-        _busy: busy,
-    }
+    body.map_frame(move |frame| {
+        let _held = &busy;
+        frame
+    })
     .boxed()
-}
-
-struct Holding {
-    inner: Body,
-    _busy: Busy,
-}
-
-impl http_body::Body for Holding {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// Raised inside a request body that stalled; the proxy answers 408 if the upstream had not.

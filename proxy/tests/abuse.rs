@@ -41,21 +41,40 @@ async fn proxy_for(up: &Upstream) -> Proxy {
     Proxy::start_limited(&route_yaml("api", "/api", &up.url(), ""), limits(), request_limits()).await
 }
 
-/// A well-behaved client asking every 100 ms until `stop`; panics if one answer takes longer
-/// than [`LIVE`] or is not 200. Returns how many it got.
-fn keep_asking(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
-    tokio::spawn(async move {
-        let mut answered = 0;
-        while !stop.load(Ordering::Acquire) {
-            let got = tokio::time::timeout(LIVE, get(&url, &[]))
-                .await
-                .unwrap_or_else(|_| panic!("a normal request took longer than {LIVE:?} during the abuse"));
-            assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
-            answered += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        answered
-    })
+/// A well-behaved client asking every 100 ms while the abuse goes on; panics if one answer takes
+/// longer than [`LIVE`] or is not 200.
+struct Bystander {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl Bystander {
+    fn start(url: String) -> Bystander {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut answered = 0;
+            while !done.load(Ordering::Acquire) {
+                let got = tokio::time::timeout(LIVE, get(&url, &[]))
+                    .await
+                    .unwrap_or_else(|_| panic!("a normal request took longer than {LIVE:?} during the abuse"));
+                assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+                answered += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answered
+        });
+        Bystander { stop, task }
+    }
+
+    /// Stops asking; fails unless every answer came in time and there was at least one.
+    async fn finish(self) {
+        self.stop.store(true, Ordering::Release);
+        assert!(
+            self.task.await.unwrap() > 0,
+            "the normal client was answered throughout"
+        );
+    }
 }
 
 /// Reads until the server closes; what it sent, or `None` if it was still open after `limit`.
@@ -76,8 +95,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Ve
 async fn slowloris_heads_are_cut_off_while_others_are_served() {
     let up = Upstream::ok().await;
     let proxy = proxy_for(&up).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let normal = keep_asking(proxy.url("/api/ok"), stop.clone());
+    let bystander = Bystander::start(proxy.url("/api/ok"));
     let addr = proxy.addr;
     let slow: Vec<_> = (0..60)
         .map(|i| {
@@ -114,8 +132,7 @@ async fn slowloris_heads_are_cut_off_while_others_are_served() {
         let got = String::from_utf8_lossy(&got);
         assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got:?}");
     }
-    stop.store(true, Ordering::Release);
-    assert!(normal.await.unwrap() > 0, "the normal client was answered throughout");
+    bystander.finish().await;
     assert!(
         up.seen.lock().unwrap().iter().all(|s| !s.uri.contains("/slow/")),
         "no slow head reached the upstream"
@@ -126,8 +143,7 @@ async fn slowloris_heads_are_cut_off_while_others_are_served() {
 async fn stalled_bodies_get_408_while_others_are_served() {
     let up = Upstream::ok().await;
     let proxy = proxy_for(&up).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let normal = keep_asking(proxy.url("/api/ok"), stop.clone());
+    let bystander = Bystander::start(proxy.url("/api/ok"));
     let addr = proxy.addr;
     let stalled: Vec<_> = (0..50)
         .map(|i| {
@@ -147,8 +163,7 @@ async fn stalled_bodies_get_408_while_others_are_served() {
         assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
         assert!(got.contains(r#""code":"REQUEST_TIMEOUT""#), "{got:?}");
     }
-    stop.store(true, Ordering::Release);
-    assert!(normal.await.unwrap() > 0);
+    bystander.finish().await;
 }
 
 #[tokio::test]
@@ -292,8 +307,7 @@ async fn http2_streams_are_capped_per_connection_while_others_are_served() {
     tokio::spawn(conn);
 
     // 30 slow requests on one connection: at most 10 run at once, the rest wait their turn.
-    let stop = Arc::new(AtomicBool::new(false));
-    let normal = keep_asking(proxy.url("/api/ok"), stop.clone());
+    let bystander = Bystander::start(proxy.url("/api/ok"));
     let streams: Vec<_> = (0..30)
         .map(|i| {
             let mut client = client.clone();
@@ -308,8 +322,7 @@ async fn http2_streams_are_capped_per_connection_while_others_are_served() {
     for s in streams {
         assert_eq!(within("a capped stream", s).await.unwrap(), StatusCode::OK);
     }
-    stop.store(true, Ordering::Release);
-    assert!(normal.await.unwrap() > 0);
+    bystander.finish().await;
     assert_eq!(slow.count(), 30);
     let peak = peak.load(Ordering::Acquire);
     assert!(peak <= 10, "{peak} streams reached the upstream at once");
@@ -354,8 +367,7 @@ async fn http2_rapid_reset_gets_goaway_while_others_are_served() {
     })
     .await;
     let proxy = proxy_for(&up).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let normal = keep_asking(proxy.url("/api/ok"), stop.clone());
+    let bystander = Bystander::start(proxy.url("/api/ok"));
 
     // Raw frames, because a client library never sends what the attack does: HEADERS and an
     // immediate RST_STREAM, stream after stream, without waiting for anything.
@@ -383,7 +395,6 @@ async fn http2_rapid_reset_gets_goaway_while_others_are_served() {
     }
     let code = within("the GOAWAY", goaway).await.unwrap();
     assert_eq!(code, Some(0xb), "GOAWAY ENHANCE_YOUR_CALM after {sent} reset streams");
-    stop.store(true, Ordering::Release);
-    assert!(normal.await.unwrap() > 0);
+    bystander.finish().await;
     eprintln!("rapid reset: GOAWAY after at most {sent} reset streams");
 }

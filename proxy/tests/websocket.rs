@@ -137,8 +137,9 @@ async fn a_handshake_from_another_origin_gets_403_json() {
         panic!("expected an HTTP refusal, got {err:?}")
     };
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    let body: serde_json::Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
-    assert_eq!(body["proxy_error"]["code"], "CSRF_FAILED");
+    // tungstenite keeps whatever bytes it read past the head, so match the JSON, not parse it.
+    let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+    assert!(body.contains(r#"{"proxy_error":{"code":"CSRF_FAILED""#), "{body:?}");
     assert!(
         seen.lock().unwrap().is_empty(),
         "the refused handshake reached the upstream"
