@@ -162,14 +162,37 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 }
 
 /// An answer body that keeps its request counted as in flight until it ends or is dropped, so a
-/// long download is not mistaken for an idle connection.
+/// long download is not mistaken for an idle connection. Its own type rather than `map_frame`,
+/// which drops the size hint and so turns every `Content-Length` answer chunked.
 pub fn hold_busy(body: Body, busy: Busy) -> Body {
     use http_body_util::BodyExt;
-    body.map_frame(move |frame| {
-        let _held = &busy;
-        frame
-    })
+    Holding {
+        inner: body,
+        _busy: busy,
+    }
     .boxed()
+}
+
+struct Holding {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Raised inside a request body that stalled; the proxy answers 408 if the upstream had not.
