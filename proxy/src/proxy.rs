@@ -257,7 +257,7 @@ async fn send(
         return Ok(websocket::join(
             &shared.tunnels,
             &shared.metrics,
-            &route.id,
+            route,
             client,
             upstream,
         ));

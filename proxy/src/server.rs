@@ -87,6 +87,7 @@ pub async fn serve_proxy(
     if let Ok(addr) = listener.local_addr() {
         shared.clients.network.add_listener(addr);
     }
+    shared.tunnels.set_grace(limits.drain);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);

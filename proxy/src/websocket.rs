@@ -3,10 +3,12 @@
 //! chain); only after the upstream answers `101 Switching Protocols` do the two connections
 //! become one byte pipe. Other routes never see an upgrade: `Upgrade` and `Connection` are
 //! hop-by-hop and dropped, so the request goes on as a plain one; `Upgrade: h2c` is never a
-//! WebSocket and so never honoured. Tunnels are counted and closed when the proxy shuts down.
+//! WebSocket and so never honoured. Tunnels are counted, closed when the proxy shuts down, and closed a drain timeout after a reload changes
+//! or removes their route (its keys may have been rotated for a reason).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Response, Version, request};
@@ -15,7 +17,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{Notify, watch};
 
+use keygate_crds::snapshot::Route;
+
 use crate::body::{self, Body};
+use crate::config::{Config, LiveRoute};
 use crate::idle::Activity;
 use crate::metrics::Metrics;
 
@@ -61,11 +66,14 @@ impl ClientSide {
     }
 }
 
-/// Open tunnels, and the signal that closes them all at shutdown.
+/// Open tunnels; the signal that closes them all at shutdown; and the configurations applied,
+/// so a tunnel whose route a reload removed or changed is closed after the drain timeout.
 pub struct Tunnels {
     open: AtomicUsize,
     closing: watch::Sender<bool>,
     drained: Notify,
+    configs: watch::Sender<Option<Arc<Config>>>,
+    grace_ms: AtomicU64,
 }
 
 impl Default for Tunnels {
@@ -74,6 +82,8 @@ impl Default for Tunnels {
             open: AtomicUsize::new(0),
             closing: watch::channel(false).0,
             drained: Notify::new(),
+            configs: watch::channel(None).0,
+            grace_ms: AtomicU64::new(30_000),
         }
     }
 }
@@ -82,6 +92,16 @@ impl Tunnels {
     /// Tunnels open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// How long a tunnel whose route a reload changed may go on: the listener's drain timeout.
+    pub fn set_grace(&self, grace: Duration) {
+        self.grace_ms.store(grace.as_millis() as u64, Ordering::Release);
+    }
+
+    /// Tells open tunnels that `config` is now live.
+    pub fn reloaded(&self, config: &Arc<Config>) {
+        self.configs.send_replace(Some(config.clone()));
     }
 
     /// Closes every tunnel, and refuses new ones; returns once none is open.
@@ -112,43 +132,85 @@ impl Drop for Open {
     }
 }
 
-/// Answers the client with the upstream's `101` and joins the two connections in the
-/// background. A tunnel opened during shutdown is closed at once.
+/// What a tunnel was opened under: it lives on while reloads leave these alone.
+struct Terms {
+    spec: Route,
+    inject: Vec<(http::HeaderName, HeaderValue)>,
+}
+
+impl Terms {
+    fn of(route: &LiveRoute) -> Terms {
+        Terms {
+            spec: route.spec.clone(),
+            inject: route.inject.clone(),
+        }
+    }
+
+    /// True while `config` serves the route as the tunnel was opened: same spec, same secrets.
+    fn hold_in(&self, config: &Config) -> bool {
+        config
+            .route(&self.spec.path_prefix)
+            .is_some_and(|r| r.spec == self.spec && r.inject == self.inject)
+    }
+}
+
+/// Resolves once a reload has changed or removed the tunnel's route and the grace has passed.
+async fn retired(mut configs: watch::Receiver<Option<Arc<Config>>>, terms: Terms, grace: Duration) {
+    loop {
+        if configs.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let live = configs.borrow_and_update().clone();
+        if live.is_some_and(|c| !terms.hold_in(&c)) {
+            tokio::time::sleep(grace).await;
+            return;
+        }
+    }
+}
+
+/// Answers the client with the upstream's `101` (its headers cleaned as any answer's are) and
+/// joins the two connections in the background. A tunnel opened during shutdown is closed at once.
 pub fn join(
     tunnels: &Arc<Tunnels>,
     metrics: &Metrics,
-    route: &Arc<str>,
+    route: &LiveRoute,
     client: ClientSide,
     mut upstream: Response<Incoming>,
 ) -> Response<Body> {
     let upstream_io = hyper::upgrade::on(&mut upstream);
     let (mut parts, _) = upstream.into_parts();
-    crate::pipeline::strip_hop_by_hop(&mut parts.headers);
+    crate::pipeline::response::rewrite_headers(route, &mut parts);
     restore_upgrade_headers(&mut parts.headers);
     tunnels.open.fetch_add(1, Ordering::AcqRel);
-    let gauge = metrics.websocket_opened(route);
     let open = Open {
         tunnels: tunnels.clone(),
-        gauge,
+        gauge: metrics.websocket_opened(&route.id),
     };
     let mut closing = tunnels.closing.subscribe();
-    let route = route.clone();
+    let mut configs = tunnels.configs.subscribe();
+    configs.mark_unchanged();
+    let grace = Duration::from_millis(tunnels.grace_ms.load(Ordering::Acquire));
+    let terms = Terms::of(route);
+    let id = route.id.clone();
     tokio::spawn(async move {
         let _busy = client.activity.as_ref().map(Activity::begin);
         let (client_io, upstream_io) = match tokio::try_join!(client.upgrade, upstream_io) {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::debug!(route = %route, error = %e, "websocket upgrade did not complete");
+                tracing::debug!(route = %id, error = %e, "websocket upgrade did not complete");
                 return;
             }
         };
         let (mut client_io, mut upstream_io) = (TokioIo::new(client_io), TokioIo::new(upstream_io));
         tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => {
-                tracing::debug!(route = %route, result = ?copied, "websocket closed");
+                tracing::debug!(route = %id, result = ?copied, "websocket closed");
             }
             _ = closing.wait_for(|c| *c) => {
-                tracing::debug!(route = %route, "websocket closed by shutdown");
+                tracing::debug!(route = %id, "websocket closed by shutdown");
+            }
+            () = retired(configs, terms, grace) => {
+                tracing::info!(route = %id, "websocket closed: a reload changed or removed its route");
             }
         }
         drop(open);

@@ -50,8 +50,12 @@ async fn echo_upstream() -> (String, Arc<Mutex<Vec<http::HeaderMap>>>) {
 }
 
 fn manifests(upstream: &str) -> String {
+    manifests_with_key(upstream, "sk-ws-4411")
+}
+
+fn manifests_with_key(upstream: &str, key: &str) -> String {
     let spec = "  websocket: true\n  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {name: keys, key: api}\n  csrf: {mode: header, headerName: x-csrf, headerValue: \"1\"}\n  cors: {allowOrigins: [https://app.example]}";
-    secret_yaml("keys", &BTreeMap::from([("api", "sk-ws-4411")]))
+    secret_yaml("keys", &BTreeMap::from([("api", key)]))
         + &route_yaml("ws", "/ws", upstream, spec)
         + &route_yaml("plain", "/plain", upstream, "")
 }
@@ -214,4 +218,48 @@ async fn shutdown_closes_an_open_websocket_within_the_drain_timeout() {
     assert_eq!(shared.tunnels.open(), 0);
     let next = within("the client to see the close", ws.next()).await;
     assert!(!matches!(next, Some(Ok(Message::Text(_)))), "{next:?}");
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_route_closes_its_tunnels_after_the_drain_timeout() {
+    let (up, seen) = echo_upstream().await;
+    let limits = ListenerLimits {
+        drain: Duration::from_millis(500),
+        ..ListenerLimits::default()
+    };
+    let proxy = Proxy::start_limited(&manifests(&up), limits, Default::default()).await;
+    let mut ws = connect(proxy.addr, "/ws/chat", BROWSER).await.unwrap();
+    echo(&mut ws, Message::text("before")).await;
+
+    // A reload that leaves the route as it was leaves the tunnel open.
+    let hash = proxy.hash();
+    proxy.rewrite(&(manifests(&up) + &route_yaml("other", "/other", &up, "")));
+    let hash = proxy.wait_for_new_config(&hash).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    echo(&mut ws, Message::text("after an unrelated reload")).await;
+
+    // Rotating the key the route injects closes it once the drain timeout has passed.
+    proxy.rewrite(&manifests_with_key(&up, "sk-ws-rotated"));
+    proxy.wait_for_new_config(&hash).await;
+    let closed = within("the tunnel to close after the reload", async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(msg)) if msg.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    });
+    closed.await;
+    for _ in 0..100 {
+        if proxy.shared.tunnels.open() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.shared.tunnels.open(), 0);
+    // A new handshake gets the new key.
+    let mut ws = connect(proxy.addr, "/ws/chat", BROWSER).await.unwrap();
+    echo(&mut ws, Message::text("on the new config")).await;
+    assert_eq!(seen.lock().unwrap().last().unwrap()["x-api-key"], "sk-ws-rotated");
 }
