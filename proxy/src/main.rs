@@ -83,7 +83,7 @@ struct Serve {
     /// Seconds to let requests in flight finish on shutdown.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
-    /// Seconds a client may take to send a request's headers (slowloris); then 408 and close.
+    /// Seconds a client may take to send a request's headers (slowloris); then the connection is closed.
     /// Also the longest an HTTP/1.1 connection stays idle between requests.
     #[arg(long, default_value_t = 20)]
     header_read_timeout_secs: u64,

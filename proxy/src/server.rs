@@ -30,8 +30,9 @@ pub struct ListenerLimits {
     pub max_header_bytes: usize,
     /// How long shutdown waits for requests in flight.
     pub drain: Duration,
-    /// How long a client may take to send a request head (slowloris); hyper then answers a bare
-    /// 408 and closes. It also closes HTTP/1.1 connections idle that long between requests.
+    /// How long a client may take to send a request head (slowloris); hyper then closes the
+    /// connection without an answer. It also closes HTTP/1.1 connections idle that long between
+    /// requests, since hyper starts the clock as soon as it waits for a head.
     pub header_read_timeout: Duration,
     /// How long a connection may stay open with no request in flight.
     pub keepalive_timeout: Duration,

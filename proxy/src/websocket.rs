@@ -217,3 +217,56 @@ pub fn join(
     });
     Response::from_parts(parts, body::empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, version: Version, headers: &[(&str, &str)]) -> request::Parts {
+        let mut b = http::Request::builder().method(method).version(version).uri("/ws");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn only_http11_get_websocket_upgrades_are_handshakes() {
+        let ws = [("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")];
+        assert!(is_handshake(&parts("GET", Version::HTTP_11, &ws)));
+        for (method, version, headers) in [
+            ("POST", Version::HTTP_11, &ws[..]),
+            ("GET", Version::HTTP_10, &ws[..]),
+            ("GET", Version::HTTP_2, &ws[..]),
+            ("GET", Version::HTTP_11, &[("upgrade", "websocket")][..]),
+            ("GET", Version::HTTP_11, &[("connection", "upgrade")][..]),
+            (
+                "GET",
+                Version::HTTP_11,
+                &[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")][..],
+            ),
+            (
+                "GET",
+                Version::HTTP_11,
+                &[("connection", "upgraded"), ("upgrade", "websocket")][..],
+            ),
+        ] {
+            assert!(
+                !is_handshake(&parts(method, version, headers)),
+                "{method} {version:?} {headers:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn close_all_returns_at_once_when_no_tunnel_is_open() {
+        let tunnels = Tunnels::default();
+        tokio::time::timeout(Duration::from_secs(1), tunnels.close_all())
+            .await
+            .unwrap();
+        assert!(
+            *tunnels.closing.borrow(),
+            "new tunnels are closed at once after shutdown"
+        );
+    }
+}

@@ -128,9 +128,9 @@ async fn slowloris_heads_are_cut_off_while_others_are_served() {
     for task in slow {
         let (after, got) = within("a slowloris connection", task).await.unwrap();
         assert!(after < Duration::from_secs(5), "cut off only after {after:?}");
-        // What the client gets: hyper's bare 408, or nothing when the close wins the race.
-        let got = String::from_utf8_lossy(&got);
-        assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got:?}");
+        // What the client gets: the connection closed, no answer (hyper writes none for a head
+        // that timed out half-sent).
+        assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     }
     bystander.finish().await;
     assert!(
@@ -248,15 +248,13 @@ async fn header_count_and_size_limits_answer_431() {
         .to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["proxy_error"]["code"], "TOO_MANY_HEADERS");
-    // An HTTP/2 header list past --max-header-bytes: h2 answers 431 itself, or refuses the stream.
+    // An HTTP/2 header list past --max-header-bytes: h2 answers a bare 431 itself.
     let big = Request::get(proxy.url("/api/big"))
         .header("x-big", "a".repeat(70 * 1024))
         .body(Default::default())
         .unwrap();
-    match within("an oversize HTTP/2 request", h2.request(big)).await {
-        Ok(resp) => assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-        Err(e) => assert!(format!("{e:?}").contains("REFUSED_STREAM") || e.is_connect(), "{e:?}"),
-    }
+    let resp = within("an oversize HTTP/2 request", h2.request(big)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert!(
         up.seen.lock().unwrap().is_empty(),
         "no refused request reached the upstream"
