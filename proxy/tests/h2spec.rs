@@ -119,7 +119,14 @@ fn assert_conformant(outcome: &Outcome) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_passes_h2spec() {
-    let up = Upstream::ok().await;
+    // A little later than at once: several cases poke at a stream after sending its request
+    // (WINDOW_UPDATE overflow, frames on half-closed streams) and expect it still open, so an
+    // answer racing them would fail a case by chance.
+    let up = Upstream::start(|_| async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"upstream ok")))
+    })
+    .await;
     let proxy = Proxy::start(&route_yaml("api", "/api", &up.url(), "")).await;
     let addr = proxy.addr;
     let outcome = tokio::task::spawn_blocking(move || run_h2spec(addr, "/api/h2spec", &[]))
