@@ -357,42 +357,69 @@ async fn goaway_code(mut read: tokio::net::tcp::OwnedReadHalf) -> Option<u32> {
     }
 }
 
-#[tokio::test]
-async fn http2_rapid_reset_gets_goaway_while_others_are_served() {
-    let up = Upstream::start(|_| async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")))
-    })
-    .await;
-    let proxy = proxy_for(&up).await;
-    let bystander = Bystander::start(proxy.url("/api/ok"));
-
-    // Raw frames, because a client library never sends what the attack does: HEADERS and an
-    // immediate RST_STREAM, stream after stream, without waiting for anything.
+/// Opens up to 20,000 streams on one raw HTTP/2 connection, each a GET with `extra` header block
+/// bytes followed at once by `then(stream)`, until the server stops reading; returns the GOAWAY error code it sent, if
+/// any, and how many streams went out. Raw frames, because no client library sends what these
+/// attacks do.
+async fn flood(proxy: &Proxy, extra: &[u8], then: impl Fn(u32) -> Vec<u8>) -> (Option<u32>, u32) {
     let (read, mut write) = TcpStream::connect(proxy.addr).await.unwrap().into_split();
     let goaway = tokio::spawn(goaway_code(read));
     let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     start.extend(frame(0x4, 0, 0, &[]));
     write.write_all(&start).await.unwrap();
-    // HPACK: GET (indexed 2), http (indexed 6), :path "/api/reset" (literal, indexed name 4).
+    // HPACK: GET (indexed 2), http (indexed 6), :path "/api/flood" (literal, indexed name 4).
     let mut block = vec![0x82, 0x86, 0x04, 10];
-    block.extend_from_slice(b"/api/reset");
+    block.extend_from_slice(b"/api/flood");
+    block.extend_from_slice(extra);
     let mut sent = 0u32;
-    'attack: for batch in 0..200u32 {
+    for batch in 0..200u32 {
         let mut burst = Vec::new();
         for i in 0..100u32 {
             let stream = 2 * (batch * 100 + i) + 1;
             burst.extend(frame(0x1, 0x4 | 0x1, stream, &block));
-            burst.extend(frame(0x3, 0, stream, &0x8u32.to_be_bytes()));
+            burst.extend(then(stream));
         }
         if write.write_all(&burst).await.is_err() {
-            break 'attack;
+            break;
         }
         sent += 100;
         tokio::task::yield_now().await;
     }
-    let code = within("the GOAWAY", goaway).await.unwrap();
+    (within("the GOAWAY", goaway).await.unwrap(), sent)
+}
+
+/// An upstream slow enough that flooded streams are still open when the next frame comes.
+async fn slow_upstream() -> Upstream {
+    Upstream::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        http::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http2_rapid_reset_gets_goaway_while_others_are_served() {
+    let up = slow_upstream().await;
+    let proxy = proxy_for(&up).await;
+    let bystander = Bystander::start(proxy.url("/api/ok"));
+    // CVE-2023-44487: each stream cancelled by the client as soon as it is opened.
+    let (code, sent) = flood(&proxy, &[], |stream| frame(0x3, 0, stream, &0x8u32.to_be_bytes())).await;
     assert_eq!(code, Some(0xb), "GOAWAY ENHANCE_YOUR_CALM after {sent} reset streams");
     bystander.finish().await;
     eprintln!("rapid reset: GOAWAY after at most {sent} reset streams");
+}
+
+#[tokio::test]
+async fn http2_streams_the_server_must_reset_get_goaway_while_others_are_served() {
+    let up = slow_upstream().await;
+    let proxy = proxy_for(&up).await;
+    let bystander = Bystander::start(proxy.url("/api/ok"));
+    // The same flood with the reset made by Keygate: a connection-specific header makes each
+    // request malformed, a stream error the server answers with RST_STREAM (RFC 9113 §8.2.2).
+    let mut connection = vec![0x00, 10];
+    connection.extend_from_slice(b"connection\x01x");
+    let (code, sent) = flood(&proxy, &connection, |_| Vec::new()).await;
+    assert_eq!(code, Some(0xb), "GOAWAY ENHANCE_YOUR_CALM after {sent} streams");
+    bystander.finish().await;
+    eprintln!("server-made resets: GOAWAY after at most {sent} streams");
 }
