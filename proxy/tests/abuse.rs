@@ -91,40 +91,52 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Ve
     }
 }
 
+/// `n` abusive connections to `addr`, each running `abuse(i, stream)` in its own task.
+fn connections<F, Fut>(addr: std::net::SocketAddr, n: usize, abuse: F) -> Vec<tokio::task::JoinHandle<Fut::Output>>
+where
+    F: Fn(usize, TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    (0..n)
+        .map(|i| {
+            let abuse = abuse.clone();
+            tokio::spawn(async move {
+                let stream = TcpStream::connect(addr).await.unwrap();
+                abuse(i, stream).await
+            })
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn slowloris_heads_are_cut_off_while_others_are_served() {
     let up = Upstream::ok().await;
     let proxy = proxy_for(&up).await;
     let bystander = Bystander::start(proxy.url("/api/ok"));
-    let addr = proxy.addr;
-    let slow: Vec<_> = (0..60)
-        .map(|i| {
-            tokio::spawn(async move {
-                let mut s = TcpStream::connect(addr).await.unwrap();
-                s.write_all(format!("GET /api/slow/{i} HTTP/1.1\r\nHost: a\r\n").as_bytes())
-                    .await
-                    .unwrap();
-                let started = Instant::now();
-                // One header byte every 100 ms, for at most 8 s: never a whole head.
-                for b in b"X-Dribble: ".iter().cycle().take(80) {
-                    if s.write_all(&[*b]).await.is_err() {
-                        return (started.elapsed(), Vec::new());
-                    }
-                    let mut buf = [0u8; 256];
-                    match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
-                        Ok(Ok(0)) | Ok(Err(_)) => return (started.elapsed(), Vec::new()),
-                        Ok(Ok(n)) => {
-                            let mut got = buf[..n].to_vec();
-                            got.extend(read_until_closed(&mut s, LIMIT).await.unwrap_or_default());
-                            return (started.elapsed(), got);
-                        }
-                        Err(_) => {}
-                    }
+    let slow = connections(proxy.addr, 60, |i, mut s| async move {
+        s.write_all(format!("GET /api/slow/{i} HTTP/1.1\r\nHost: a\r\n").as_bytes())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        // One header byte every 100 ms, for at most 8 s: never a whole head.
+        for b in b"X-Dribble: ".iter().cycle().take(80) {
+            if s.write_all(&[*b]).await.is_err() {
+                return (started.elapsed(), Vec::new());
+            }
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return (started.elapsed(), Vec::new()),
+                Ok(Ok(n)) => {
+                    let mut got = buf[..n].to_vec();
+                    got.extend(read_until_closed(&mut s, LIMIT).await.unwrap_or_default());
+                    return (started.elapsed(), got);
                 }
-                panic!("slowloris connection {i} was still open after 8 s");
-            })
-        })
-        .collect();
+                Err(_) => {}
+            }
+        }
+        panic!("slowloris connection {i} was still open after 8 s");
+    });
     for task in slow {
         let (after, got) = within("a slowloris connection", task).await.unwrap();
         assert!(after < Duration::from_secs(5), "cut off only after {after:?}");
@@ -144,19 +156,13 @@ async fn stalled_bodies_get_408_while_others_are_served() {
     let up = Upstream::ok().await;
     let proxy = proxy_for(&up).await;
     let bystander = Bystander::start(proxy.url("/api/ok"));
-    let addr = proxy.addr;
-    let stalled: Vec<_> = (0..50)
-        .map(|i| {
-            tokio::spawn(async move {
-                let mut s = TcpStream::connect(addr).await.unwrap();
-                let head = format!("POST /api/upload/{i} HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789");
-                s.write_all(head.as_bytes()).await.unwrap();
-                read_until_closed(&mut s, LIMIT)
-                    .await
-                    .expect("the stalled request was never ended")
-            })
-        })
-        .collect();
+    let stalled = connections(proxy.addr, 50, |i, mut s| async move {
+        let head = format!("POST /api/upload/{i} HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789");
+        s.write_all(head.as_bytes()).await.unwrap();
+        read_until_closed(&mut s, LIMIT)
+            .await
+            .expect("the stalled request was never ended")
+    });
     for task in stalled {
         let got = within("a stalled body", task).await.unwrap();
         let got = String::from_utf8_lossy(&got);
