@@ -600,6 +600,7 @@ impl Compiler<'_> {
                 .collect(),
             cookie_passthrough: spec.cookie_passthrough,
             allow_encoded_slashes: spec.allow_encoded_slashes,
+            websocket: spec.websocket,
             ca_bundle,
             upstream_protocol: spec.upstream_protocol,
             cors: spec

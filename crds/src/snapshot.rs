@@ -106,6 +106,9 @@ pub struct Route {
     /// Serve paths with encoded slashes and backslashes, forwarding them still encoded.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_encoded_slashes: bool,
+    /// Tunnel WebSocket upgrades after the handshake passed the pipeline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub websocket: bool,
     /// Extra CA bundle (PEM) trusted for this upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<SecretId>,

@@ -34,6 +34,12 @@ pub enum ProxyError {
     /// The path has a spelling Keygate refuses to forward (see `pipeline::path`).
     #[error("bad path: {0}")]
     BadPath(&'static str),
+    /// The request body stopped arriving before the upstream answered.
+    #[error("the request body stopped arriving for more than {0} s")]
+    RequestTimeout(u64),
+    /// The request carries more header fields than Keygate accepts.
+    #[error("the request carries more than {0} header fields")]
+    TooManyHeaders(usize),
     /// The path is longer than Keygate serves.
     #[error("the path is longer than {0} bytes")]
     PathTooLong(usize),
@@ -170,6 +176,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "BAD_REQUEST",
             ProxyError::BadPath(_) => "BAD_PATH",
             ProxyError::PathTooLong(_) => "PATH_TOO_LONG",
+            ProxyError::RequestTimeout(_) => "REQUEST_TIMEOUT",
+            ProxyError::TooManyHeaders(_) => "TOO_MANY_HEADERS",
             ProxyError::UpstreamConnectTimeout => "UPSTREAM_CONNECT_TIMEOUT",
             ProxyError::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             ProxyError::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
@@ -216,6 +224,8 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::PathTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::TooManyHeaders(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamUnavailable
             | ProxyError::UpstreamTls(_)
@@ -270,8 +280,8 @@ impl ProxyError {
         // The code in a header too, so a client (or a page on another origin, where it is
         // exposed) tells errors apart without reading the body, which may be streamed elsewhere.
         headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
-        if matches!(self, ProxyError::BodyTooLarge(_)) {
-            // The rest of an oversized body is not worth reading: ask the client to reconnect.
+        if matches!(self, ProxyError::BodyTooLarge(_) | ProxyError::RequestTimeout(_)) {
+            // The rest of the body is not worth waiting for: ask the client to reconnect.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let ProxyError::RateLimited(seconds) = self {

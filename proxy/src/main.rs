@@ -15,7 +15,7 @@ use keygate_proxy::edge::Edge;
 use keygate_proxy::edge::tls::{Certs, MinVersion, TlsFiles};
 use keygate_proxy::pipeline::client::TrustedProxies;
 use keygate_proxy::process::{init_logging, shutdown_signal};
-use keygate_proxy::proxy::Shared;
+use keygate_proxy::proxy::{RequestLimits, Shared};
 use keygate_proxy::server::{ListenerLimits, serve_admin, serve_proxy};
 use keygate_proxy::source::kube::KubeSource;
 use keygate_proxy::source::{self, Source};
@@ -106,6 +106,29 @@ struct Serve {
     /// connection, before TLS; a connection without a valid one is closed.
     #[arg(long)]
     proxy_protocol: bool,
+    /// Seconds a client may take to send a request's headers (slowloris); then the connection is closed.
+    /// Also the longest an HTTP/1.1 connection stays idle between requests.
+    #[arg(long, default_value_t = 20)]
+    header_read_timeout_secs: u64,
+    /// Seconds a request body may stall while the upstream waits for it; then 408 REQUEST_TIMEOUT.
+    #[arg(long, default_value_t = 30)]
+    body_idle_timeout_secs: u64,
+    /// Seconds a client connection may stay open with no request in flight (HTTP/1.1 and HTTP/2).
+    #[arg(long, default_value_t = 75)]
+    keepalive_timeout_secs: u64,
+    /// Most header fields in a request; more get 431.
+    #[arg(long, default_value_t = 100)]
+    max_headers: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, default_value_t = 100)]
+    h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may open and cancel before they are served; past it the
+    /// connection is closed with GOAWAY (rapid reset, CVE-2023-44487).
+    #[arg(long, default_value_t = 20)]
+    h2_max_pending_reset_streams: usize,
+    /// HTTP/2 streams Keygate may reset for a client's protocol errors before closing the connection.
+    #[arg(long, default_value_t = 256)]
+    h2_max_local_error_resets: usize,
     /// Log format: `text` or `json`.
     #[arg(long, env = "KEYGATE_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -192,6 +215,10 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     };
     let shared = Arc::new(Shared {
         trusted_proxies: TrustedProxies::new(args.trusted_proxies.clone()),
+        limits: RequestLimits {
+            max_headers: args.max_headers,
+            body_idle_timeout: Duration::from_secs(args.body_idle_timeout_secs),
+        },
         ..Shared::default()
     });
     let mut edge = Edge {
@@ -251,6 +278,11 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         max_header_bytes: args.max_header_bytes,
         drain: Duration::from_secs(args.drain_timeout_secs),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+        keepalive_timeout: Duration::from_secs(args.keepalive_timeout_secs),
+        h2_max_concurrent_streams: args.h2_max_concurrent_streams,
+        h2_max_pending_accept_reset_streams: args.h2_max_pending_reset_streams,
+        h2_max_local_error_reset_streams: args.h2_max_local_error_resets,
     };
     let proxy = tokio::spawn(serve_proxy(proxy_listener, shared, limits, edge, stopped(stop_rx)));
 

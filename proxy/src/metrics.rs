@@ -79,6 +79,8 @@ pub struct Metrics {
     tls_reloads: Family<ReloadLabels, Counter>,
     info: Family<InfoLabels, Gauge>,
     routes: Gauge,
+    websockets_open: Family<RouteLabels, Gauge>,
+    websockets: Family<RouteLabels, Counter>,
     live_hash: Mutex<Option<String>>,
 }
 
@@ -101,6 +103,14 @@ impl Metrics {
         let tls_reloads = Family::<ReloadLabels, Counter>::default();
         let info = Family::<InfoLabels, Gauge>::default();
         let routes = Gauge::default();
+        let websockets_open = Family::<RouteLabels, Gauge>::default();
+        let websockets = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "websockets_open",
+            "WebSocket tunnels open now, by route",
+            websockets_open.clone(),
+        );
+        registry.register("websockets", "WebSocket tunnels opened, by route", websockets.clone());
         registry.register("requests", "Requests answered, by route and status", requests.clone());
         registry.register(
             "upstream_duration_seconds",
@@ -133,6 +143,8 @@ impl Metrics {
             tls_reloads,
             info,
             routes,
+            websockets_open,
+            websockets,
             live_hash: Mutex::new(None),
         }
     }
@@ -160,6 +172,17 @@ impl Metrics {
                 app: RouteLabel(app.clone()),
             })
             .inc();
+    }
+
+    /// Counts a WebSocket tunnel opened on `route`; the returned gauge is decremented when it closes.
+    pub fn websocket_opened(&self, route: &Arc<str>) -> Gauge {
+        let labels = RouteLabels {
+            route: RouteLabel(route.clone()),
+        };
+        self.websockets.get_or_create(&labels).inc();
+        let open = self.websockets_open.get_or_create(&labels).clone();
+        open.inc();
+        open
     }
 
     /// Counts a reload that was applied or refused.

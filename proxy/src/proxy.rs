@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use http::{Request, Response, Version};
@@ -16,16 +16,18 @@ use crate::body::{Body, LimitedBody};
 use crate::config::{Config, LiveRoute};
 use crate::error::ProxyError;
 use crate::external::{self, resolve::Refused};
+use crate::idle::StallingBody;
 use crate::metrics::Metrics;
 use crate::pipeline::auth::Caller;
 use crate::pipeline::client::{self, Client, Connection, TrustedProxies};
 use crate::pipeline::cookie::Step;
 use crate::pipeline::cors::Cors;
 use crate::pipeline::path::{self, BadPath};
-use crate::pipeline::{auth, chain, csrf, limits, ratelimit, request, response};
+use crate::pipeline::{auth, chain, csrf, limits, ratelimit, request, response, trace};
 use crate::store::Stores;
 use crate::upstream::ClientCache;
 use crate::vault;
+use crate::websocket::{self, Tunnels};
 
 /// What every connection shares: the one live config, metrics, and upstream clients.
 #[derive(Default)]
@@ -41,12 +43,38 @@ pub struct Shared {
     pub stores: Stores,
     /// Peers whose `X-Forwarded-*` headers are believed (`--trusted-proxies`).
     pub trusted_proxies: TrustedProxies,
+    /// Per-request limits set by the command line.
+    pub limits: RequestLimits,
+    /// Open WebSocket tunnels, closed at shutdown.
+    pub tunnels: Arc<Tunnels>,
+}
+
+/// Limits every request meets, whatever its route.
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    /// Most header fields in a request; more get `431 TOO_MANY_HEADERS` (HTTP/1.1 heads past it
+    /// are refused by hyper first, with a bare 431).
+    pub max_headers: usize,
+    /// How long a request body may stall while the upstream waits for it; then `408`.
+    pub body_idle_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_headers: 100,
+            body_idle_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Serves one request.
 pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, conn: Connection) -> Response<Body> {
     let started = Instant::now();
     let client = client::resolve(&conn, req.headers(), &shared.trusted_proxies);
+    // Counted before Keygate adds a traceparent of its own.
+    let too_many_headers = req.headers().len() > shared.limits.max_headers;
+    let trace_id = trace::ensure(req.headers_mut());
     // Before anything reads the path: routing and every stage see its one canonical spelling.
     let normalized = path::normalize_request(&mut req);
     // Paths only: query strings may carry tokens and never reach the log. Copied only when
@@ -82,6 +110,8 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, conn: Conne
         .map(|_| req.headers().get(http::header::ORIGIN).cloned());
     let result = if let Err(bad) = normalized {
         Err(ProxyError::from(bad))
+    } else if too_many_headers {
+        Err(ProxyError::TooManyHeaders(shared.limits.max_headers))
     } else if let Some(cors) = cors.filter(|_| own && preflight) {
         cors.preflight(&req.into_parts().0)
     } else {
@@ -115,6 +145,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, conn: Conne
             route = route_id.map_or("-", |id| &**id),
             status,
             error = code.unwrap_or(""),
+            trace_id = %trace_id,
             ms = started.elapsed().as_secs_f64() * 1000.0,
         );
     }
@@ -172,8 +203,14 @@ async fn send(
     caller: Caller,
 ) -> Result<Response<Body>, ProxyError> {
     let base = external::destination(route, &mut parts.headers)?;
+    let websocket = (route.spec.websocket && websocket::is_handshake(&parts))
+        .then(|| websocket::ClientSide::take(&mut parts))
+        .flatten();
     // Headers first: an HTTP/2 client's host is the request URI's authority, about to be replaced.
     request::rewrite_headers(route, &mut parts, client);
+    if websocket.is_some() {
+        websocket::restore_upgrade_headers(&mut parts.headers);
+    }
     if let Some((name, value)) = caller.upstream_auth {
         parts.headers.insert(name, value);
     }
@@ -189,8 +226,15 @@ async fn send(
     parts.version = Version::HTTP_11;
 
     let exceeded = Arc::new(AtomicBool::new(false));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let body = StallingBody::new(body, shared.limits.body_idle_timeout, stalled.clone());
     let body = LimitedBody::new(body, route.spec.body_limit, exceeded.clone()).boxed();
-    let body = vault::detokenize(route, &mut parts, body).await?;
+    let body = match vault::detokenize(route, &mut parts, body).await {
+        Err(_) if stalled.load(Ordering::Acquire) => {
+            return Err(ProxyError::RequestTimeout(shared.limits.body_idle_timeout.as_secs()));
+        }
+        result => result?,
+    };
     let sent = Instant::now();
     let outcome = tokio::time::timeout(
         route.request_timeout,
@@ -201,6 +245,9 @@ async fn send(
     let upstream = match outcome {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(_)) if exceeded.load(Ordering::Acquire) => return Err(ProxyError::BodyTooLarge(route.spec.body_limit)),
+        Ok(Err(_)) if stalled.load(Ordering::Acquire) => {
+            return Err(ProxyError::RequestTimeout(shared.limits.body_idle_timeout.as_secs()));
+        }
         Ok(Err(e)) => {
             let err = classify(&e);
             tracing::warn!(route = %route.spec.id, code = err.code(), error = %ErrorChain(&e), "upstream request failed");
@@ -208,6 +255,18 @@ async fn send(
         }
         Ok(Ok(resp)) => resp,
     };
+    // Any other answer to a handshake goes back as a plain response.
+    if let Some(client) = websocket
+        && upstream.status() == http::StatusCode::SWITCHING_PROTOCOLS
+    {
+        return Ok(websocket::join(
+            &shared.tunnels,
+            &shared.metrics,
+            route,
+            client,
+            upstream,
+        ));
+    }
     let (mut parts, body) = upstream.into_parts();
     response::rewrite_headers(route, &mut parts);
     let body = vault::tokenize(route, &mut parts, body.map_err(Into::into).boxed()).await?;

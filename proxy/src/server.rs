@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::edge::{Accepted, Edge};
+use crate::idle::{Activity, IdleIo, hold_busy};
 use crate::pipeline::client::Connection;
 use crate::proxy::{Shared, handle};
 
@@ -33,6 +34,20 @@ pub struct ListenerLimits {
     pub max_header_bytes: usize,
     /// How long shutdown waits for requests in flight.
     pub drain: Duration,
+    /// How long a client may take to send a request head (slowloris); hyper then closes the
+    /// connection without an answer. It also closes HTTP/1.1 connections idle that long between
+    /// requests, since hyper starts the clock as soon as it waits for a head.
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight.
+    pub keepalive_timeout: Duration,
+    /// HTTP/2 streams one client may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may open and reset before Keygate accepts them; past it the
+    /// connection gets `GOAWAY ENHANCE_YOUR_CALM` (rapid reset, CVE-2023-44487).
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2 streams Keygate may reset for a client's protocol errors before closing the
+    /// connection (the "MadeYouReset" variant of rapid reset).
+    pub h2_max_local_error_reset_streams: usize,
 }
 
 impl Default for ListenerLimits {
@@ -41,6 +56,11 @@ impl Default for ListenerLimits {
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
             drain: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(75),
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 256,
         }
     }
 }
@@ -57,15 +77,23 @@ pub async fn serve_proxy(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
+    // hyper's default is 100; setting any value moves its header array to the heap (~5% slower).
+    if shared.limits.max_headers != 100 {
+        builder.http1().max_headers(shared.limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams);
     if let Ok(addr) = listener.local_addr() {
         shared.clients.network.add_listener(addr);
     }
+    shared.tunnels.set_grace(limits.drain);
     let builder = Arc::new(builder);
     let edge = Arc::new(edge);
     let graceful = GracefulShutdown::new();
@@ -93,12 +121,13 @@ pub async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         let (shared, edge, builder, watcher) = (shared.clone(), edge.clone(), builder.clone(), graceful.watcher());
+        let keepalive = limits.keepalive_timeout;
         tokio::spawn(async move {
             // The PROXY header and the TLS handshake come first, off the accept loop.
             if let Some((io, conn)) = edge.accept(stream, peer).await {
                 match io {
-                    Accepted::Plain(io) => serve_connection(&builder, io, shared, conn, watcher).await,
-                    Accepted::Tls(io) => serve_connection(&builder, io, shared, conn, watcher).await,
+                    Accepted::Plain(io) => serve_connection(&builder, io, keepalive, shared, conn, watcher).await,
+                    Accepted::Tls(io) => serve_connection(&builder, io, keepalive, shared, conn, watcher).await,
                 }
             }
             drop(permit);
@@ -106,27 +135,42 @@ pub async fn serve_proxy(
     }
     drop(listener);
     tracing::info!("draining connections");
+    // WebSocket tunnels never finish by themselves: close them now, and wait for them to go.
+    let drained = async {
+        tokio::join!(graceful.shutdown(), shared.tunnels.close_all());
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = drained => tracing::info!("all connections drained"),
         () = tokio::time::sleep(limits.drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
 }
 
-/// Serves HTTP/1.1 or HTTP/2 (by ALPN or preface) on one accepted connection until it ends.
+/// Serves HTTP/1.1 or HTTP/2 (by ALPN or preface) on one accepted connection until it ends, or
+/// until it has had no request in flight for `keepalive`.
 async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
+    keepalive: Duration,
     shared: Arc<Shared>,
     conn: Connection,
     watcher: Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req: Request<Incoming>| {
+    let activity = Activity::default();
+    let io = IdleIo::new(io, activity.clone(), keepalive);
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(shared, req, conn).await) }
+        let busy = activity.begin();
+        if req.headers().contains_key(header::UPGRADE) {
+            // A WebSocket tunnel outlives its request; it keeps the connection busy itself.
+            req.extensions_mut().insert(activity.clone());
+        }
+        async move { Ok::<_, Infallible>(handle(shared, req, conn).await.map(|b| hold_busy(b, busy))) }
     });
-    let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }

@@ -68,6 +68,13 @@ pub struct ProxyRouteSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_encoded_slashes: bool,
 
+    /// Let WebSocket handshakes (`Upgrade: websocket` over HTTP/1.1) through: the handshake
+    /// passes every check a request does (auth, CSRF/Origin, rate limit, session chain), then
+    /// bytes flow both ways until either side closes. Default false: the upgrade headers are
+    /// dropped and the request goes on as a plain one. The upstream hop must be HTTP/1.1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub websocket: bool,
+
     /// Time limits for the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,

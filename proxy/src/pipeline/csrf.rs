@@ -18,6 +18,12 @@ pub fn check(route: &LiveRoute, parts: &Parts, step: Step) -> Result<(), ProxyEr
     let Some(policy) = &route.spec.csrf else {
         return Ok(());
     };
+    // A WebSocket handshake is a GET, yet it opens a channel both ways with the page's cookies
+    // (cross-site WebSocket hijacking). Browsers always send its Origin and let no page add a
+    // header to it, so the origin is what can be checked.
+    if route.spec.websocket && crate::websocket::is_handshake(parts) {
+        return check_origin(route, parts);
+    }
     if matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
@@ -26,15 +32,7 @@ pub fn check(route: &LiveRoute, parts: &Parts, step: Step) -> Result<(), ProxyEr
     }
     let headers = &parts.headers;
     if policy.check_origin {
-        let origin = request_origin(headers).ok_or(ProxyError::CsrfFailed(
-            "the request has neither Origin nor Referer, so its origin cannot be checked",
-        ))?;
-        let allowed = route.cors.as_ref().is_some_and(|c| c.allows(&origin)) || is_own(&origin, parts);
-        if !allowed {
-            return Err(ProxyError::CsrfFailed(
-                "the request comes from an origin this route does not allow",
-            ));
-        }
+        check_origin(route, parts)?;
     }
     let sent = headers
         .get(policy.header.as_str())
@@ -65,6 +63,20 @@ pub fn check(route: &LiveRoute, parts: &Parts, step: Step) -> Result<(), ProxyEr
                 return Err(ProxyError::CsrfFailed("X-CSRF-Token does not match the CSRF cookie"));
             }
         }
+    }
+    Ok(())
+}
+
+/// The page that sent the request must be a CORS origin of the route or the proxy's own host.
+fn check_origin(route: &LiveRoute, parts: &Parts) -> Result<(), ProxyError> {
+    let origin = request_origin(&parts.headers).ok_or(ProxyError::CsrfFailed(
+        "the request has neither Origin nor Referer, so its origin cannot be checked",
+    ))?;
+    let allowed = route.cors.as_ref().is_some_and(|c| c.allows(&origin)) || is_own(&origin, parts);
+    if !allowed {
+        return Err(ProxyError::CsrfFailed(
+            "the request comes from an origin this route does not allow",
+        ));
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The request pipeline, one stage per module, in the order a request meets them:
-//! [`client`] (who is asking, resolved once per request) → [`path`] (one canonical spelling,
-//! before routing) → [`cors`] (preflights answered here) → [`limits`] (method, content type, body
-//! size) → [`cookie`] (session start and logout intercepted) → [`auth`] (cookie translated, API key
+//! [`client`] (who is asking, resolved once per request) → [`trace`] (a W3C `traceparent` on
+//! every request) → [`path`] (one canonical spelling, before routing) → [`cors`] (preflights
+//! answered here) → [`limits`] (method, content type, body size) → [`cookie`] (session start and
+//! logout intercepted) → [`auth`] (cookie translated, API key
 //! checked) → [`csrf`] (unsafe methods) → [`ratelimit`] (token buckets) → [`chain`] (session-chain
 //! check and advance, each link proven as [`proof`] says; its create path is served before routing) → destination (see
 //! [`crate::external`]) → vault detokenization (see [`crate::vault`]) → [`request`] (the upstream
@@ -21,6 +22,7 @@ pub mod proof;
 pub mod ratelimit;
 pub mod request;
 pub mod response;
+pub mod trace;
 
 use http::header::{self, HeaderMap, HeaderName};
 

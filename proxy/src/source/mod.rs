@@ -218,6 +218,7 @@ pub fn collect_yaml(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> Result<(),
 pub fn apply(shared: &Shared, snapshot: &Snapshot, secrets: &SecretSnapshot) -> Result<Arc<Config>, ConfigError> {
     let config = Arc::new(Config::build(snapshot, secrets, &shared.clients, &shared.stores)?);
     shared.config.store(Some(config.clone()));
+    shared.tunnels.reloaded(&config);
     shared.clients.retain(config.client_keys());
     shared.metrics.config_live(&config.hash, config.route_count());
     Ok(config)

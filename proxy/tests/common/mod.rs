@@ -14,7 +14,7 @@ use std::time::Duration;
 use keygate_proxy::edge::Edge;
 use keygate_proxy::external::resolve::{Network, Resolve};
 use keygate_proxy::pipeline::client::TrustedProxies;
-use keygate_proxy::proxy::Shared;
+use keygate_proxy::proxy::{RequestLimits, Shared};
 use keygate_proxy::server::{ListenerLimits, serve_proxy};
 use keygate_proxy::source::{self, Source};
 use keygate_proxy::upstream::ClientCache;
@@ -28,48 +28,57 @@ pub struct Proxy {
     pub shared: Arc<Shared>,
 }
 
+/// A temporary manifests folder holding `manifests` (YAML), as a source.
+fn manifests_source(manifests: &str) -> (Source, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keygate.yaml"), manifests).unwrap();
+    (Source::Manifests(dir.path().to_path_buf()), dir)
+}
+
 impl Proxy {
     /// Starts a proxy on `manifests` (YAML), polling for changes every 20 ms.
     pub async fn start(manifests: &str) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("keygate.yaml"), manifests).unwrap();
-        let source = Source::Manifests(dir.path().to_path_buf());
+        let (source, dir) = manifests_source(manifests);
         Proxy::start_on(source, dir).await
     }
 
     /// [`Proxy::start`] on a listener taking connections as `edge` says, believing the
     /// `X-Forwarded-*` headers of `trusted` peers.
     pub async fn start_edge(manifests: &str, edge: Edge, trusted: TrustedProxies) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("keygate.yaml"), manifests).unwrap();
+        let (source, dir) = manifests_source(manifests);
         let shared = Shared {
             trusted_proxies: trusted,
             ..Shared::default()
         };
-        Proxy::launch_edge(Source::Manifests(dir.path().to_path_buf()), dir, shared, edge).await
+        Proxy::launch(source, dir, shared, ListenerLimits::default(), edge).await
     }
 
     /// [`Proxy::start`] with upstream names resolved by `resolver` instead of the system.
     pub async fn start_resolving(manifests: &str, resolver: impl Resolve) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("keygate.yaml"), manifests).unwrap();
+        let (source, dir) = manifests_source(manifests);
         let shared = Shared {
             clients: ClientCache::new(Network::new(Arc::new(resolver))),
             ..Shared::default()
         };
-        Proxy::launch(Source::Manifests(dir.path().to_path_buf()), dir, shared).await
+        Proxy::launch(source, dir, shared, ListenerLimits::default(), Edge::default()).await
     }
 
     /// Starts a proxy on any source; `dir` is kept alive with it.
     pub async fn start_on(source: Source, dir: tempfile::TempDir) -> Proxy {
-        Proxy::launch(source, dir, Shared::default()).await
+        Proxy::launch(source, dir, Shared::default(), ListenerLimits::default(), Edge::default()).await
     }
 
-    async fn launch(source: Source, dir: tempfile::TempDir, shared: Shared) -> Proxy {
-        Proxy::launch_edge(source, dir, shared, Edge::default()).await
+    /// [`Proxy::start`] with listener and request limits other than the defaults.
+    pub async fn start_limited(manifests: &str, listener: ListenerLimits, request: RequestLimits) -> Proxy {
+        let (source, dir) = manifests_source(manifests);
+        let shared = Shared {
+            limits: request,
+            ..Shared::default()
+        };
+        Proxy::launch(source, dir, shared, listener, Edge::default()).await
     }
 
-    async fn launch_edge(source: Source, dir: tempfile::TempDir, shared: Shared, edge: Edge) -> Proxy {
+    async fn launch(source: Source, dir: tempfile::TempDir, shared: Shared, limits: ListenerLimits, edge: Edge) -> Proxy {
         let shared = Arc::new(shared);
         let (digest, _) =
             source::load_once(&source, &shared).unwrap_or_else(|e| panic!("test manifests do not load: {e}"));
@@ -81,13 +90,7 @@ impl Proxy {
             Some(digest),
             Duration::from_millis(20),
         ));
-        tokio::spawn(serve_proxy(
-            listener,
-            shared.clone(),
-            ListenerLimits::default(),
-            edge,
-            std::future::pending(),
-        ));
+        tokio::spawn(serve_proxy(listener, shared.clone(), limits, edge, std::future::pending()));
         Proxy { addr, dir, shared }
     }
 
