@@ -94,7 +94,14 @@ pub async fn serve_proxy(
         shared.clients.network.add_listener(addr);
     }
     shared.tunnels.set_grace(limits.drain);
-    let builder = Arc::new(builder);
+    // On TLS, ALPN has already chosen the protocol: a connection that agreed on h2 is served as
+    // HTTP/2 only, so bytes that are not the HTTP/2 preface end it (RFC 9113 §3.4) instead of
+    // being read as an HTTP/1.1 request, which the sniffing builder would do.
+    let serving = Arc::new(Serving {
+        any: builder.clone(),
+        h2: builder.http2_only(),
+        keepalive: limits.keepalive_timeout,
+    });
     let edge = Arc::new(edge);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -120,14 +127,16 @@ pub async fn serve_proxy(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (shared, edge, builder, watcher) = (shared.clone(), edge.clone(), builder.clone(), graceful.watcher());
-        let keepalive = limits.keepalive_timeout;
+        let (shared, edge, serving, watcher) = (shared.clone(), edge.clone(), serving.clone(), graceful.watcher());
         tokio::spawn(async move {
             // The PROXY header and the TLS handshake come first, off the accept loop.
             if let Some((io, conn)) = edge.accept(stream, peer).await {
                 match io {
-                    Accepted::Plain(io) => serve_connection(&builder, io, keepalive, shared, conn, watcher).await,
-                    Accepted::Tls(io) => serve_connection(&builder, io, keepalive, shared, conn, watcher).await,
+                    Accepted::Plain(io) => serve_connection(&serving, false, io, shared, conn, watcher).await,
+                    Accepted::Tls(io) => {
+                        let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2");
+                        serve_connection(&serving, h2, io, shared, conn, watcher).await
+                    }
                 }
             }
             drop(permit);
@@ -145,12 +154,22 @@ pub async fn serve_proxy(
     }
 }
 
-/// Serves HTTP/1.1 or HTTP/2 (by ALPN or preface) on one accepted connection until it ends, or
-/// until it has had no request in flight for `keepalive`.
-async fn serve_connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
+/// How accepted connections are served.
+struct Serving {
+    /// Sniffs the HTTP/2 preface: cleartext ports, and TLS without ALPN `h2`.
+    any: auto::Builder<TokioExecutor>,
+    /// HTTP/2 only, for TLS connections whose ALPN agreed on `h2`.
+    h2: auto::Builder<TokioExecutor>,
+    /// How long a connection may have no request in flight.
     keepalive: Duration,
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (by ALPN or preface) on one accepted connection until it ends, or
+/// until it has had no request in flight for the keep-alive timeout.
+async fn serve_connection<I>(
+    serving: &Serving,
+    h2: bool,
+    io: I,
     shared: Arc<Shared>,
     conn: Connection,
     watcher: Watcher,
@@ -158,7 +177,7 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::default();
-    let io = IdleIo::new(io, activity.clone(), keepalive);
+    let io = IdleIo::new(io, activity.clone(), serving.keepalive);
     let service = service_fn(move |mut req: Request<Incoming>| {
         let shared = shared.clone();
         let busy = activity.begin();
@@ -168,10 +187,19 @@ async fn serve_connection<I>(
         }
         async move { Ok::<_, Infallible>(handle(shared, req, conn).await.map(|b| hold_busy(b, busy))) }
     });
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(connection).await {
+    // Upgrades (WebSocket) exist only in HTTP/1.1, and hyper-util's HTTP/2-only mode applies
+    // only without them.
+    let ended = if h2 {
+        let connection = serving.h2.serve_connection(TokioIo::new(io), service).into_owned();
+        watcher.watch(connection).await
+    } else {
+        let connection = serving
+            .any
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        watcher.watch(connection).await
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

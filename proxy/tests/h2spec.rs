@@ -1,8 +1,8 @@
-//! HTTP/2 conformance: h2spec (built by `tests/h2spec-tool/build`) against the proxy's plain
-//! listener with prior knowledge (h2c), serving a route to an in-process upstream. Every case
-//! must pass except those in [`ALLOWED_FAILURES`], each with its reason; a case failing outside
-//! that list fails the test, and so does an allowlisted case that passes again (so the list
-//! never outlives its reason).
+//! HTTP/2 conformance: h2spec (built by `tests/h2spec-tool/build`) against the proxy's TLS
+//! listener (h2 by ALPN) and its plain listener with prior knowledge (h2c), each serving a route
+//! to an in-process upstream. Every case must pass except those allowlisted for that listener,
+//! each with its reason; a case failing outside the list fails the test, and so does an
+//! allowlisted case that passes again (so the list never outlives its reason).
 
 mod common;
 
@@ -13,13 +13,14 @@ use std::process::Command;
 
 use common::*;
 
-/// h2spec cases (`section/number`) allowed to fail, and why.
-const ALLOWED_FAILURES: &[(&str, &str)] = &[(
+/// h2spec cases (`section/number`) allowed to fail on the plain listener, and why. None are
+/// allowed on the TLS listener.
+const ALLOWED_FAILURES_H2C: &[(&str, &str)] = &[(
     "http2/3.5/2",
     "invalid connection preface: the plain port serves HTTP/1.1 and h2c side by side (hyper-util's \
      auto builder sniffs the preface), so bytes that are not the HTTP/2 preface are an HTTP/1.1 \
-     request, answered 400 and closed rather than closed silently; on a TLS listener ALPN picks h2 \
-     and the case applies",
+     request, answered 400 and closed rather than closed silently. On the TLS listener ALPN has \
+     chosen h2, the connection is HTTP/2 only, and the case passes",
 )];
 
 fn h2spec_binary() -> PathBuf {
@@ -102,8 +103,8 @@ fn attribute(tag: &str, name: &str) -> Option<String> {
     Some(tag[start..].split('"').next()?.to_string())
 }
 
-fn assert_conformant(outcome: &Outcome) {
-    let allowed: BTreeSet<String> = ALLOWED_FAILURES.iter().map(|(c, _)| c.to_string()).collect();
+fn assert_conformant(outcome: &Outcome, allowed: &[(&str, &str)]) {
+    let allowed: BTreeSet<String> = allowed.iter().map(|(c, _)| c.to_string()).collect();
     let unexpected: Vec<_> = outcome.failed.difference(&allowed).collect();
     assert!(
         unexpected.is_empty(),
@@ -112,29 +113,68 @@ fn assert_conformant(outcome: &Outcome) {
     let fixed: Vec<_> = allowed.difference(&outcome.failed).collect();
     assert!(
         fixed.is_empty(),
-        "allowlisted h2spec cases now pass; drop them from ALLOWED_FAILURES: {fixed:?}"
+        "allowlisted h2spec cases now pass; drop them from the allowlist: {fixed:?}"
     );
     assert!(outcome.passed > 100, "h2spec ran too few cases: {outcome:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_prior_knowledge_passes_h2spec() {
-    // A little later than at once: several cases poke at a stream after sending its request
-    // (WINDOW_UPDATE overflow, frames on half-closed streams) and expect it still open, so an
-    // answer racing them would fail a case by chance.
-    let up = Upstream::start(|_| async {
+/// An upstream answering a little later than at once: several cases poke at a stream after
+/// sending its request (WINDOW_UPDATE overflow, frames on half-closed streams) and expect it
+/// still open, so an answer racing them would fail a case by chance.
+async fn patient_upstream() -> Upstream {
+    Upstream::start(|_| async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"upstream ok")))
     })
-    .await;
-    let proxy = Proxy::start(&route_yaml("api", "/api", &up.url(), "")).await;
+    .await
+}
+
+/// Runs h2spec against `proxy` off the async runtime and checks the outcome.
+async fn check(proxy: &Proxy, up: &Upstream, extra: &'static [&'static str], allowed: &[(&str, &str)]) {
     let addr = proxy.addr;
-    let outcome = tokio::task::spawn_blocking(move || run_h2spec(addr, "/api/h2spec", &[]))
+    let outcome = tokio::task::spawn_blocking(move || run_h2spec(addr, "/api/h2spec", extra))
         .await
         .unwrap();
-    assert_conformant(&outcome);
+    assert_conformant(&outcome, allowed);
     assert!(
         up.count() > 0,
         "h2spec's requests reached the upstream through the route"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_passes_h2spec() {
+    let up = patient_upstream().await;
+    let proxy = Proxy::start(&route_yaml("api", "/api", &up.url(), "")).await;
+    check(&proxy, &up, &[], ALLOWED_FAILURES_H2C).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_over_tls_passes_h2spec() {
+    use keygate_proxy::edge::Edge;
+    use keygate_proxy::edge::tls::{Certs, MinVersion, TlsFiles};
+    use keygate_proxy::pipeline::client::TrustedProxies;
+
+    let (cert, key, _) = common::tls::TestCa::new().leaf_pem("localhost");
+    let dir = tempfile::tempdir().unwrap();
+    let files = TlsFiles {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+    };
+    std::fs::write(&files.cert, cert).unwrap();
+    std::fs::write(&files.key, key).unwrap();
+    let (certs, _) = Certs::load(files).unwrap();
+    let edge = Edge {
+        tls: Some(certs.server_config(MinVersion::default()).into()),
+        ..Edge::default()
+    };
+    let up = patient_upstream().await;
+    let proxy = Proxy::start_edge(
+        &route_yaml("api", "/api", &up.url(), ""),
+        edge,
+        TrustedProxies::default(),
+    )
+    .await;
+    // -t: TLS with ALPN h2; -k: the certificate is the test CA's, which h2spec does not know.
+    check(&proxy, &up, &["-t", "-k"], &[]).await;
 }

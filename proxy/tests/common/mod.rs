@@ -65,7 +65,14 @@ impl Proxy {
 
     /// Starts a proxy on any source; `dir` is kept alive with it.
     pub async fn start_on(source: Source, dir: tempfile::TempDir) -> Proxy {
-        Proxy::launch(source, dir, Shared::default(), ListenerLimits::default(), Edge::default()).await
+        Proxy::launch(
+            source,
+            dir,
+            Shared::default(),
+            ListenerLimits::default(),
+            Edge::default(),
+        )
+        .await
     }
 
     /// [`Proxy::start`] with listener and request limits other than the defaults.
@@ -78,7 +85,13 @@ impl Proxy {
         Proxy::launch(source, dir, shared, listener, Edge::default()).await
     }
 
-    async fn launch(source: Source, dir: tempfile::TempDir, shared: Shared, limits: ListenerLimits, edge: Edge) -> Proxy {
+    async fn launch(
+        source: Source,
+        dir: tempfile::TempDir,
+        shared: Shared,
+        limits: ListenerLimits,
+        edge: Edge,
+    ) -> Proxy {
         let shared = Arc::new(shared);
         let (digest, _) =
             source::load_once(&source, &shared).unwrap_or_else(|e| panic!("test manifests do not load: {e}"));
@@ -90,7 +103,13 @@ impl Proxy {
             Some(digest),
             Duration::from_millis(20),
         ));
-        tokio::spawn(serve_proxy(listener, shared.clone(), limits, edge, std::future::pending()));
+        tokio::spawn(serve_proxy(
+            listener,
+            shared.clone(),
+            limits,
+            edge,
+            std::future::pending(),
+        ));
         Proxy { addr, dir, shared }
     }
 
