@@ -1,8 +1,10 @@
-//! Keygate's data plane. A request enters [`server::serve_proxy`], [`proxy::handle`] takes the
+//! Keygate's data plane. A connection passes [`edge`] (PROXY header, TLS) and [`idle`] (slow and
+//! idle clients) in [`server::serve_proxy`]; each request's [`proxy::handle`] takes the
 //! live [`config::Config`] (one `ArcSwap`, replaced whole on reload) and the route the
 //! [`router::Router`] picks, runs the [`pipeline`] stages, forwards through a pooled
 //! [`upstream`] client, and maps any failure through [`error::ProxyError`] — the one place
-//! errors become `proxy_error` JSON. Configuration arrives from a [`source::Source`]: YAML
+//! errors become `proxy_error` JSON; a route that opts in hands an upgraded connection to
+//! [`websocket`]. Configuration arrives from a [`source::Source`]: YAML
 //! manifests compiled by `keygate_crds::compile`, or the snapshot files the operator writes.
 #![forbid(unsafe_code)]
 
