@@ -58,13 +58,6 @@ pub struct SecretRef {
     pub name: String,
 }
 
-/// A path written the way requests are matched: the proxy normalizes request paths before it
-/// compares them (`proxy/src/pipeline/path.rs`), so a path with `//`, `.` or `..` segments, `%`
-/// escapes or backslashes could never be matched and is refused where it is written.
-pub const PLAIN_PATH_RULE: &str = "!self.contains('//') && !self.matches('^.*/[.][.]?(/.*)?$') && !self.contains('?') && !self.contains('#') && !self.contains('%') && !self.contains('\\\\')";
-/// [`PLAIN_PATH_RULE`]'s message; the API server puts the field in front of it.
-pub const PLAIN_PATH_MESSAGE: &str = "must be a plain path as requests are routed after normalization: no '//', '.' or '..' segments, '%' escapes, backslashes, '?' or '#'";
-
 /// The CEL rule every duration field carries, and the pattern `compile` parses.
 pub const DURATION_RULE: &str = "self.matches('^[0-9]{1,9}(ms|s|m|h)$')";
 /// What a person reads when a duration is malformed.

@@ -161,7 +161,6 @@ pub struct SessionStart {
     /// Full request path of the login call on the proxy, e.g. `/api/session/start`.
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("path must start with '/'"))]
-    #[x_kube(validation = Rule::new(super::common::PLAIN_PATH_RULE).message(super::common::PLAIN_PATH_MESSAGE))]
     pub path: String,
     /// Method of the login call. Default `POST`.
     #[serde(default = "default_post")]
@@ -189,7 +188,6 @@ pub struct Logout {
     /// Full request path on the proxy, e.g. `/api/session/logout`.
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("path must start with '/'"))]
-    #[x_kube(validation = Rule::new(super::common::PLAIN_PATH_RULE).message(super::common::PLAIN_PATH_MESSAGE))]
     pub path: String,
 }
 

@@ -37,7 +37,7 @@ pub struct ProxyRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("pathPrefix must start with '/', e.g. /api/payments"))]
-    #[x_kube(validation = Rule::new(super::common::PLAIN_PATH_RULE).message(super::common::PLAIN_PATH_MESSAGE))]
+    #[x_kube(validation = Rule::new("!self.contains('//') && !self.matches('^.*/[.][.]?(/.*)?$') && !self.contains('?') && !self.contains('#') && !self.contains('%') && !self.contains('\\\\')").message("pathPrefix must be a plain path as requests are routed after normalization: no '//', '.' or '..' segments, '%' escapes, backslashes, '?' or '#'"))]
     pub path_prefix: Option<String>,
 
     /// HTTP methods the route accepts; others get 405. Empty means all methods.

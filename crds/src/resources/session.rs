@@ -38,7 +38,6 @@ pub struct SessionChainPolicySpec {
     /// Full path on the proxy that creates a session, e.g. `/session`.
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("createPath must start with '/'"))]
-    #[x_kube(validation = Rule::new(super::common::PLAIN_PATH_RULE).message(super::common::PLAIN_PATH_MESSAGE))]
     pub create_path: String,
     /// Secret whose keys are app names and whose values are that app's API keys, one per line
     /// (several for rotation). Keygate keeps only SHA-256 hashes.
