@@ -219,7 +219,10 @@ pub fn compile(input: &Resources) -> Compiled {
         });
     c.compile_routes(&input.routes);
 
-    c.snapshot.routes.sort_by(|a, b| a.path_prefix.cmp(&b.path_prefix));
+    // Several routes may share a prefix on different hosts; the id keeps the order total.
+    c.snapshot
+        .routes
+        .sort_by(|a, b| (&a.path_prefix, &a.id).cmp(&(&b.path_prefix, &b.id)));
     c.reports.sort_by(|a, b| a.object.cmp(&b.object));
     let snapshot_hash = c.snapshot.hash();
     Compiled {
@@ -403,7 +406,9 @@ impl Compiler<'_> {
             let created = r.metadata.creation_timestamp.as_ref().map(|t| t.0);
             (created.is_none(), created, object.clone())
         });
-        let mut claimed: HashMap<String, &ProxyRoute> = HashMap::new();
+        // Claims are per host and prefix: `None` is "any host", which a host-specific route at the
+        // same prefix does not conflict with (it only takes that host's requests).
+        let mut claimed: HashMap<(Option<String>, String), &ProxyRoute> = HashMap::new();
         for (object, route) in ordered {
             let id = format!("{}/{}", object.namespace, object.name);
             let compiled = match self.compile_route(route, &object.namespace, &id) {
@@ -413,12 +418,28 @@ impl Compiler<'_> {
                     continue;
                 }
             };
-            if let Some(owner) = claimed.get(&compiled.path_prefix) {
-                let p = problem("spec.pathPrefix", conflict_message(&compiled.path_prefix, route, owner));
-                self.refuse(object, route, reasons::CONFLICT, vec![p]);
+            let claims: Vec<(Option<String>, String)> = match compiled.hosts.as_slice() {
+                [] => vec![(None, compiled.path_prefix.clone())],
+                hosts => hosts
+                    .iter()
+                    .map(|h| (Some(h.clone()), compiled.path_prefix.clone()))
+                    .collect(),
+            };
+            let taken: Vec<Problem> = claims
+                .iter()
+                .filter_map(|claim| {
+                    let owner = claimed.get(claim)?;
+                    Some(problem(
+                        "spec.pathPrefix",
+                        conflict_message(&compiled.path_prefix, claim.0.as_deref(), route, owner),
+                    ))
+                })
+                .collect();
+            if !taken.is_empty() {
+                self.refuse(object, route, reasons::CONFLICT, taken);
                 continue;
             }
-            claimed.insert(compiled.path_prefix.clone(), route);
+            claimed.extend(claims.into_iter().map(|claim| (claim, route)));
             self.accept(object, route);
             self.snapshot.routes.push(compiled);
         }
@@ -432,6 +453,8 @@ impl Compiler<'_> {
         let spec = &route.spec;
         let mut invalid = Vec::new();
 
+        let hosts = normalize_hosts(&spec.hosts);
+        invalid.extend(public_suffix_wildcards(&spec.hosts));
         let path_prefix = normalize_prefix(
             spec.path_prefix
                 .clone()
@@ -581,6 +604,7 @@ impl Compiler<'_> {
 
         Ok(Route {
             id: id.to_string(),
+            hosts,
             path_prefix,
             methods: spec.methods.iter().map(|m| m.as_str().to_string()).collect(),
             destination,
@@ -885,8 +909,9 @@ impl Compiler<'_> {
     }
 }
 
-/// Why `loser` may not have `prefix`: `winner` has it, and which rule decided.
-fn conflict_message(prefix: &str, loser: &ProxyRoute, winner: &ProxyRoute) -> String {
+/// Why `loser` may not have `prefix` on `host` (`None`: any host): `winner` has it, and which
+/// rule decided.
+fn conflict_message(prefix: &str, host: Option<&str>, loser: &ProxyRoute, winner: &ProxyRoute) -> String {
     let id = |r: &ProxyRoute| format!("{}/{}", namespace_of(r), r.name_any());
     let written = loser.spec.path_prefix.as_deref().unwrap_or(prefix);
     let same = if written == prefix {
@@ -900,10 +925,26 @@ fn conflict_message(prefix: &str, loser: &ProxyRoute, winner: &ProxyRoute) -> St
         (Some(_), None) => "which already exists in the cluster",
         _ => "which comes first by namespace/name as neither is older",
     };
+    let (on, fix) = match host {
+        Some(host) => (format!(" on host {host}"), "choose another pathPrefix or host"),
+        None => (String::new(), "choose another pathPrefix"),
+    };
     format!(
-        "path prefix {written}{same} is already served by ProxyRoute {}, {why}; choose another pathPrefix",
+        "path prefix {written}{same}{on} is already served by ProxyRoute {}, {why}; {fix}",
         id(winner)
     )
+}
+
+/// Hosts as the proxy compares them: lower case, no trailing dot (`Example.COM.` is
+/// `example.com`), sorted and without duplicates, so equal sets compile to equal snapshots.
+fn normalize_hosts(hosts: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = hosts
+        .iter()
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn duration_or(value: &Option<String>, default: u64, field: &str, problems: &mut Vec<Problem>) -> u64 {
@@ -961,6 +1002,27 @@ const RESERVED_TARGET_HEADERS: [&str; 8] = [
     "x-forwarded-host",
 ];
 
+/// `spec.hosts` wildcards as wide as a public suffix (`*.com`, `*.co.uk`): names owned by many
+/// different parties, which neither an allowlist nor a route ever means to cover.
+fn public_suffix_wildcards(hosts: &[String]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let Some(domain) = host.strip_prefix("*.") else {
+            continue;
+        };
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if psl::suffix(domain.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == domain.as_bytes()) {
+            problems.push(problem(
+                &format!("spec.hosts[{i}]"),
+                format!(
+                    "{host} would match every domain under the public suffix {domain}, owned by many different parties; name a domain registered under it, e.g. *.example.{domain}"
+                ),
+            ));
+        }
+    }
+    problems
+}
+
 /// What CEL cannot say about an allowlist: wildcards as wide as a public suffix (checked against
 /// the public-suffix list), and `allowCidrs` that are not clean, narrow networks. Served
 /// allowlists that open private ranges say so in their `Ready` message.
@@ -975,20 +1037,7 @@ fn check_allowlist(spec: &ExternalAllowlistSpec, checks: &mut Checks) {
             ),
         ));
     }
-    for (i, host) in spec.hosts.iter().enumerate() {
-        let Some(domain) = host.strip_prefix("*.") else {
-            continue;
-        };
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        if psl::suffix(domain.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == domain.as_bytes()) {
-            checks.invalid.push(problem(
-                &format!("spec.hosts[{i}]"),
-                format!(
-                    "{host} would match every domain under the public suffix {domain}, owned by many different parties; name a domain registered under it, e.g. *.example.{domain}"
-                ),
-            ));
-        }
-    }
+    checks.invalid.extend(public_suffix_wildcards(&spec.hosts));
     let mut opened = Vec::new();
     for (i, raw) in spec.allow_cidrs.iter().enumerate() {
         let field = format!("spec.allowCidrs[{i}]");

@@ -476,6 +476,62 @@ fn the_older_route_keeps_a_contested_prefix() {
 }
 
 #[test]
+fn conflicts_are_per_host_and_prefix() {
+    let at = |name: &str, spec: &str, ts: &str| created(route(name, spec), ts);
+    let compiled = compile_docs(&[
+        at(
+            "shop-api",
+            "{hosts: [Shop.Example.com], pathPrefix: /api, upstream: 'https://shop.example'}",
+            "2024-05-01T00:00:00Z",
+        ),
+        at(
+            "blog-api",
+            "{hosts: [blog.example.com], pathPrefix: /api, upstream: 'https://blog.example'}",
+            "2024-05-02T00:00:00Z",
+        ),
+        at(
+            "any-api",
+            "{pathPrefix: /api, upstream: 'https://any.example'}",
+            "2024-05-03T00:00:00Z",
+        ),
+        at(
+            "wild-api",
+            "{hosts: ['*.example.com'], pathPrefix: /api, upstream: 'https://wild.example'}",
+            "2024-05-04T00:00:00Z",
+        ),
+        at(
+            "squatter",
+            "{hosts: [news.example.com, 'shop.example.com.'], pathPrefix: /api/, upstream: 'https://s.example'}",
+            "2024-05-05T00:00:00Z",
+        ),
+    ]);
+    assert_eq!(
+        served_routes(&compiled),
+        ["shop/any-api", "shop/blog-api", "shop/shop-api", "shop/wild-api"]
+    );
+    assert_refused(
+        &compiled,
+        Kind::ProxyRoute,
+        "squatter",
+        reasons::CONFLICT,
+        &[
+            "ProxyRoute/shop/squatter: spec.pathPrefix: path prefix /api/ (the same as /api) on host shop.example.com is already served by ProxyRoute shop/shop-api, which is older; choose another pathPrefix or host",
+        ],
+    );
+    let hosts: Vec<&[String]> = compiled.snapshot.routes.iter().map(|r| r.hosts.as_slice()).collect();
+    assert_eq!(
+        hosts,
+        [
+            &[][..],
+            &["blog.example.com".to_string()],
+            &["shop.example.com".to_string()],
+            &["*.example.com".to_string()]
+        ],
+        "lower case, sorted by prefix then id"
+    );
+}
+
+#[test]
 fn a_route_already_in_the_cluster_beats_one_not_yet_applied() {
     let compiled = compile_docs(&[
         route("local", "{pathPrefix: /api, upstream: 'https://new.example'}"),
@@ -594,6 +650,14 @@ fn the_same_input_in_any_order_gives_the_same_bytes() {
     docs.push(route(
         "z-contender",
         "{pathPrefix: /api/payments, upstream: 'https://b.example'}",
+    ));
+    docs.push(route(
+        "z-host",
+        "{hosts: [a.example.com], pathPrefix: /api/payments, upstream: 'https://b.example'}",
+    ));
+    docs.push(route(
+        "z-host-too",
+        "{hosts: [A.example.com], pathPrefix: /api/payments, upstream: 'https://c.example'}",
     ));
     docs.push(route("dup", "upstream: https://a.example"));
     docs.push(route("dup", "upstream: https://b.example"));

@@ -321,6 +321,27 @@ fn check_names_each_bad_resource_field_and_fix() {
 }
 
 #[test]
+fn check_applies_host_rules_offline() {
+    let hosts = |h: &str| format!("  hosts: [{h}]");
+    let good = route_yaml("shop", "/api", "https://shop.example.com", &hosts("shop.example.com"))
+        + &route_yaml("blog", "/api", "https://blog.example.com", &hosts("blog.example.com"));
+    let bad = route_yaml("zsquat", "/api", "https://s.example.com", &hosts("SHOP.example.com"))
+        + &route_yaml("ported", "/p", "https://p.example.com", &hosts("'p.example.com:8443'"));
+    let (code, out, err) = check(&[("a-good.yaml", &good), ("b-bad.yaml", &bad)]);
+    assert_eq!(code, 1, "{out}{err}");
+    for line in [
+        "ProxyRoute/default/zsquat: spec.pathPrefix: path prefix /api on host shop.example.com is already served by ProxyRoute default/shop",
+        "ProxyRoute/default/ported: spec.hosts: hosts entries must be DNS names",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(line)), "missing {line:?} in:\n{out}");
+    }
+    assert!(
+        !out.contains("default/blog:"),
+        "another host's /api is no conflict: {out}"
+    );
+}
+
+#[test]
 fn check_refuses_a_missing_folder() {
     let out = Command::new(BIN)
         .args(["check", "-f", "/nonexistent/keygate"])
