@@ -194,42 +194,46 @@ mod tests {
             entry(&[], "/health", "health"),
         ]);
         assert_eq!(r.len(), 6);
-        let hit = |h: Option<&str>, p| r.lookup(h, p).map(String::as_str);
-        assert_eq!(
-            hit(Some("shop.example.com"), "/api/x"),
-            Some("shop"),
-            "exact beats wildcard"
-        );
-        assert_eq!(hit(Some("a.example.com"), "/api/x"), Some("wild"));
-        assert_eq!(
-            hit(Some("a.b.example.com"), "/api"),
-            Some("wild"),
-            "a wildcard covers deeper names"
-        );
-        assert_eq!(
-            hit(Some("x.eu.example.com"), "/api"),
-            Some("wild-eu"),
-            "longer wildcard wins"
-        );
-        assert_eq!(
-            hit(Some("example.com"), "/api"),
-            Some("any"),
-            "a wildcard does not cover its domain"
-        );
-        assert_eq!(hit(Some("other.test"), "/api/x"), Some("any"));
-        assert_eq!(hit(None, "/api/x"), Some("any"));
-        assert_eq!(
-            hit(Some("blog.example.com"), "/api/x"),
-            Some("blog"),
-            "host before prefix"
-        );
-        assert_eq!(hit(Some("www.blog.example"), "/x"), Some("blog"));
-        assert_eq!(
-            hit(Some("shop.example.com"), "/health"),
-            Some("health"),
-            "no host-specific route for the path: routes for any host take it"
-        );
-        assert_eq!(hit(Some("shop.example.com"), "/other"), None);
+        let cases = [
+            (Some("shop.example.com"), "/api/x", Some("shop"), "exact beats wildcard"),
+            (Some("a.example.com"), "/api/x", Some("wild"), "wildcard"),
+            (
+                Some("a.b.example.com"),
+                "/api",
+                Some("wild"),
+                "a wildcard covers deeper names",
+            ),
+            (
+                Some("x.eu.example.com"),
+                "/api",
+                Some("wild-eu"),
+                "longer wildcard wins",
+            ),
+            (
+                Some("example.com"),
+                "/api",
+                Some("any"),
+                "a wildcard does not cover its domain",
+            ),
+            (Some("other.test"), "/api/x", Some("any"), "unknown host"),
+            (None, "/api/x", Some("any"), "no host"),
+            (Some("blog.example.com"), "/api/x", Some("blog"), "host before prefix"),
+            (Some("www.blog.example"), "/x", Some("blog"), "second host of a route"),
+            (
+                Some("shop.example.com"),
+                "/health",
+                Some("health"),
+                "no host-specific route for the path: routes for any host take it",
+            ),
+            (Some("shop.example.com"), "/other", None, "nothing matches"),
+        ];
+        for (host, path, expected, why) in cases {
+            assert_eq!(
+                r.lookup(host, path).map(String::as_str),
+                expected,
+                "{host:?} {path}: {why}"
+            );
+        }
     }
 
     #[test]
