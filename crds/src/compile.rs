@@ -8,13 +8,13 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{Resource, ResourceExt};
 
 use crate::cidr::Cidr;
 use crate::report::{Kind, ObjectRef, Problem, Report, reasons};
 use crate::resources::allowlist::ExternalAllowlistSpec;
-use crate::resources::common::{SecretKeyRef, parse_duration_ms};
+use crate::resources::common::{AllowedNamespaces, NamespacesFrom, SecretKeyRef, parse_duration_ms};
 use crate::resources::route::{CsrfMode, HttpMethod};
 use crate::resources::session::{ChainProof, MIN_CHAIN_KEY_SECRET_BYTES};
 use crate::resources::vault::{StaticToken, is_token_id};
@@ -60,6 +60,9 @@ pub struct Resources {
     pub session_policies: Vec<SessionChainPolicy>,
     /// Secrets the resources may reference.
     pub secrets: Vec<Secret>,
+    /// Namespaces, for their labels: `allowedNamespaces.from: Selector` matches them. A
+    /// namespace missing here has only its `kubernetes.io/metadata.name` label.
+    pub namespaces: Vec<Namespace>,
 }
 
 /// Lists Secrets by name only: the derived `Debug` of a core `Secret` prints its data, and a
@@ -78,6 +81,10 @@ impl std::fmt::Debug for Resources {
             .field("vault_rules", &self.vault_rules)
             .field("session_policies", &self.session_policies)
             .field("secrets", &secrets)
+            .field(
+                "namespaces",
+                &self.namespaces.iter().map(ResourceExt::name_any).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -105,6 +112,7 @@ pub fn compile(input: &Resources) -> Compiled {
     let secrets = SecretIndex::new(&input.secrets);
     let mut c = Compiler {
         secrets: &secrets,
+        namespace_labels: namespace_labels(&input.namespaces),
         used_secrets: BTreeMap::new(),
         pending_secrets: BTreeMap::new(),
         reports: Vec::new(),
@@ -273,6 +281,8 @@ fn namespace_of<K: Resource>(r: &K) -> String {
 
 struct Compiler<'a> {
     secrets: &'a SecretIndex,
+    /// Labels by namespace name, for `allowedNamespaces.selector`.
+    namespace_labels: HashMap<String, BTreeMap<String, String>>,
     /// Values of the Secrets that served resources use: what the `SecretSnapshot` ships.
     used_secrets: BTreeMap<SecretId, String>,
     /// Values read for the resource being compiled; kept only if it is served, so a refused
@@ -471,7 +481,7 @@ impl Compiler<'_> {
                 }
             },
             (None, Some(allowlist)) => Some(Destination::Allowlist {
-                allowlist: format!("{ns}/{allowlist}"),
+                allowlist: ref_key(ns, allowlist),
             }),
             _ => {
                 invalid.push(problem("spec", "set exactly one of upstream or allowlistRef"));
@@ -497,19 +507,16 @@ impl Compiler<'_> {
 
         let mut refs = Vec::new();
         let mut reason = reasons::REF_NOT_FOUND;
+        // `present` answers whether the referenced resource is served and, if so, whom it is
+        // shared with; a reference into another namespace needs that namespace's consent.
+        let labels = &self.namespace_labels;
         let mut resolve = |field: &str,
                            name: &Option<String>,
                            kind: Kind,
-                           present: &dyn Fn(&str) -> bool|
+                           present: &dyn Fn(&str) -> Option<Option<AllowedNamespaces>>|
          -> Option<String> {
-            let name = name.as_ref()?;
-            if name.contains('/') {
-                reason = reasons::REF_NOT_PERMITTED;
-                refs.push(problem(field, format!("{name:?} points outside namespace {ns}: a route may only reference a {} in its own namespace; create one in {ns}", kind.as_str())));
-                return None;
-            }
-            let key = format!("{ns}/{name}");
-            if !present(&key) {
+            let key = ref_key(ns, name.as_ref()?);
+            let Some(allowed) = present(&key) else {
                 refs.push(problem(
                     field,
                     format!(
@@ -517,6 +524,14 @@ impl Compiler<'_> {
                         kind.as_str()
                     ),
                 ));
+                return Some(key);
+            };
+            let owner = key.split_once('/').map_or(ns, |(owner, _)| owner);
+            if owner != ns
+                && let Err(why) = permits(allowed.as_ref(), ns, labels)
+            {
+                reason = reasons::REF_NOT_PERMITTED;
+                refs.push(problem(field, format!("{} {key} {why}", kind.as_str())));
             }
             Some(key)
         };
@@ -525,19 +540,19 @@ impl Compiler<'_> {
             "spec.cookieTranslationRef",
             &spec.cookie_translation_ref,
             Kind::CookieTranslation,
-            &|k| snap.cookie_translations.contains_key(k),
+            &|k| snap.cookie_translations.get(k).map(|s| s.allowed_namespaces.clone()),
         );
         let session_chain = resolve(
             "spec.sessionChainRef",
             &spec.session_chain_ref,
             Kind::SessionChainPolicy,
-            &|k| snap.session_policies.contains_key(k),
+            &|k| snap.session_policies.get(k).map(|s| s.allowed_namespaces.clone()),
         );
         resolve(
             "spec.allowlistRef",
             &spec.allowlist_ref,
             Kind::ExternalAllowlist,
-            &|k| snap.allowlists.contains_key(k),
+            &|k| snap.allowlists.get(k).map(|s| s.allowed_namespaces.clone()),
         );
         let vault_rules: Vec<String> = spec
             .vault_rule_refs
@@ -548,7 +563,7 @@ impl Compiler<'_> {
                     &format!("spec.vaultRuleRefs[{i}]"),
                     &Some(r.clone()),
                     Kind::TokenVaultRule,
-                    &|k| snap.vault_rules.contains_key(k),
+                    &|k| snap.vault_rules.get(k).map(|s| s.allowed_namespaces.clone()),
                 )
             })
             .collect();
@@ -712,7 +727,7 @@ impl Compiler<'_> {
         if let Some(list) = spec
             .allowlist_ref
             .as_ref()
-            .and_then(|name| self.snapshot.allowlists.get(&format!("{ns}/{name}")))
+            .and_then(|name| self.snapshot.allowlists.get(&ref_key(ns, name)))
         {
             allow.push(&list.target_url_header);
         }
@@ -933,6 +948,59 @@ fn conflict_message(prefix: &str, host: Option<&str>, loser: &ProxyRoute, winner
         "path prefix {written}{same}{on} is already served by ProxyRoute {}, {why}; {fix}",
         id(winner)
     )
+}
+
+/// The `namespace/name` key of a reference written in namespace `ns`: `name` means one in `ns`,
+/// `other/name` one shared from `other`.
+fn ref_key(ns: &str, name: &str) -> String {
+    if name.contains('/') {
+        name.to_string()
+    } else {
+        format!("{ns}/{name}")
+    }
+}
+
+/// The label every namespace carries with its own name (set by the API server), so a selector
+/// can name namespaces; added here too, so `check` and standalone mode agree with the cluster.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+fn namespace_labels(namespaces: &[Namespace]) -> HashMap<String, BTreeMap<String, String>> {
+    namespaces
+        .iter()
+        .map(|n| {
+            let name = n.name_any();
+            let mut labels = n.labels().clone();
+            labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
+            (name, labels)
+        })
+        .collect()
+}
+
+/// Whether a resource shared as `allowed` (`None`: `from: Same`) may be referenced from namespace
+/// `from`; if not, the rest of a sentence saying why and what to change.
+fn permits(
+    allowed: Option<&AllowedNamespaces>,
+    from: &str,
+    labels: &HashMap<String, BTreeMap<String, String>>,
+) -> Result<(), String> {
+    let same = AllowedNamespaces::default();
+    let allowed = allowed.unwrap_or(&same);
+    match (allowed.from, &allowed.selector) {
+        (NamespacesFrom::All, _) => Ok(()),
+        (NamespacesFrom::Selector, Some(selector)) => {
+            let only_name = BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), from.to_string())]);
+            if selector.selects(labels.get(from).unwrap_or(&only_name)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "is shared only with namespaces matching its spec.allowedNamespaces.selector, and namespace {from} does not match; ask its owners to widen the selector, or label namespace {from} to match it"
+                ))
+            }
+        }
+        _ => Err(format!(
+            "is not shared with other namespaces (its spec.allowedNamespaces.from is Same); ask its owners to set allowedNamespaces to from: All, or from: Selector with a selector matching namespace {from}, or create one in {from}"
+        )),
+    }
 }
 
 /// Hosts as the proxy compares them: lower case, no trailing dot (`Example.COM.` is

@@ -14,7 +14,7 @@ pub mod reasons {
     pub const INVALID: &str = "Invalid";
     /// A referenced Keygate resource does not exist or is not ready.
     pub const REF_NOT_FOUND: &str = "RefNotFound";
-    /// A reference points outside the resource's namespace.
+    /// A reference into another namespace that the referenced resource does not admit.
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
     /// A referenced Secret or Secret key does not exist or is unusable.
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
@@ -24,7 +24,7 @@ pub mod reasons {
     pub const SNAPSHOT_TOO_LARGE: &str = "SnapshotTooLarge";
 }
 
-/// The five kinds, plus Secrets (which only appear in parse problems).
+/// The five kinds, plus Secrets and Namespaces (which only appear in parse problems).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     /// `ProxyRoute`
@@ -39,6 +39,8 @@ pub enum Kind {
     SessionChainPolicy,
     /// core `Secret`
     Secret,
+    /// core `Namespace`, read for its labels
+    Namespace,
 }
 
 impl Kind {
@@ -51,7 +53,13 @@ impl Kind {
             Kind::TokenVaultRule => "TokenVaultRule",
             Kind::SessionChainPolicy => "SessionChainPolicy",
             Kind::Secret => "Secret",
+            Kind::Namespace => "Namespace",
         }
+    }
+
+    /// Whether this is a core (`v1`) kind rather than a Keygate one.
+    pub fn is_core(self) -> bool {
+        matches!(self, Kind::Secret | Kind::Namespace)
     }
 
     /// Parses a `kind:` value.
@@ -63,6 +71,7 @@ impl Kind {
             Kind::TokenVaultRule,
             Kind::SessionChainPolicy,
             Kind::Secret,
+            Kind::Namespace,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)

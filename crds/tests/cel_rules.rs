@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{NS, compile_docs, problem_lines, report, secret, shop};
+use common::{NS, compile_docs, dedent, problem_lines, report, secret, shop};
 use keygate_crds::Kind;
 use keygate_crds::report::reasons;
 use keygate_crds::resources::route::HOSTS_MESSAGE;
@@ -641,4 +641,31 @@ fn session_chain_policy_rules() {
     ];
     let cases: Vec<(&str, &str, &str)> = cases.iter().map(|(s, f, m)| (s.as_str(), *f, *m)).collect();
     assert_refused(Kind::SessionChainPolicy, &cases);
+}
+
+#[test]
+fn allowed_namespaces_rules_on_every_shareable_kind() {
+    const SELECTOR: &str = "from: Selector needs selector, and selector is read only with from: Selector";
+    let field = "spec.allowedNamespaces";
+    for (kind, spec) in [
+        (Kind::CookieTranslation, COOKIE),
+        (Kind::ExternalAllowlist, ALLOWLIST),
+        (Kind::TokenVaultRule, VAULT),
+        (Kind::SessionChainPolicy, CHAIN),
+    ] {
+        let with = |shared: &str| format!("{}\nallowedNamespaces: {shared}", dedent(spec));
+        let valid = [
+            with("{from: All}"),
+            with("{from: Same}"),
+            with("{}"),
+            with("{from: Selector, selector: {matchLabels: {team: a}}}"),
+        ];
+        assert_accepted(kind, &valid.iter().map(String::as_str).collect::<Vec<_>>());
+        let bad = [
+            with("{from: Selector}"),
+            with("{from: All, selector: {matchLabels: {team: a}}}"),
+        ];
+        let cases: Vec<(&str, &str, &str)> = bad.iter().map(|s| (s.as_str(), field, SELECTOR)).collect();
+        assert_refused(kind, &cases);
+    }
 }

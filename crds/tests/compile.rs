@@ -337,8 +337,162 @@ fn references_into_another_namespace_are_not_permitted() {
         "allowlistRef: other/partners",
         reasons::REF_NOT_PERMITTED,
         &[
-            "ProxyRoute/shop/t: spec.allowlistRef: \"other/partners\" points outside namespace shop: a route may only reference a ExternalAllowlist in its own namespace; create one in shop",
+            "ProxyRoute/shop/t: spec.allowlistRef: ExternalAllowlist other/partners is not shared with other namespaces (its spec.allowedNamespaces.from is Same); ask its owners to set allowedNamespaces to from: All, or from: Selector with a selector matching namespace shop, or create one in shop",
         ],
+    );
+}
+
+/// The platform team's shared policies, each shared in another way, and the Secrets they name,
+/// all in namespace `platform`; `shop` is labelled a tenant, `blog` is not.
+fn platform_setup() -> Vec<String> {
+    let platform_secret = |name: &str, data: &str| {
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: platform}}\nstringData: {data}\n")
+    };
+    vec![
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {keygate.dev/tenant: 'true'}}\n".to_string(),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: blog}\n".to_string(),
+        platform_secret("cookie-key", &format!("{{k1: {AES_KEY}}}")),
+        platform_secret("app-keys", &format!("{{web: {APP_KEY}}}")),
+        platform_secret("tokens", &format!("{{tok_1: '{TOKEN}'}}")),
+        doc(
+            "ExternalAllowlist",
+            "platform/partners",
+            "{hosts: ['*.partner.example'], allowedNamespaces: {from: All}}",
+        ),
+        doc(
+            "CookieTranslation",
+            "platform/login",
+            "
+            header: {name: Authorization, template: 'Bearer {token}'}
+            sessionStart: {path: /login/start, tokenPointer: /token}
+            encryptionKeys: [{name: cookie-key, key: k1}]
+            allowedNamespaces: {from: Selector, selector: {matchLabels: {keygate.dev/tenant: 'true'}}}",
+        ),
+        doc(
+            "TokenVaultRule",
+            "platform/cards",
+            "
+            source: {secretRef: {name: tokens}}
+            permissions: [{classification: pci, locations: [body]}]
+            allowedNamespaces:
+              from: Selector
+              selector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [shop, blog]}]}",
+        ),
+        doc(
+            "SessionChainPolicy",
+            "platform/chain",
+            "{createPath: /session, apiKeysSecretRef: {name: app-keys}}",
+        ),
+    ]
+}
+
+#[test]
+fn shared_policies_are_referenced_where_their_owners_allow() {
+    let mut docs = platform_setup();
+    docs.push(route(
+        "shared",
+        "
+        upstream: https://api.example
+        auth: cookie
+        cookieTranslationRef: platform/login
+        vaultRuleRefs: [platform/cards]",
+    ));
+    docs.push(route(
+        "partner",
+        "{pathPrefix: /partner, allowlistRef: platform/partners}",
+    ));
+    docs.push(doc(
+        "ProxyRoute",
+        "blog/cards",
+        "{upstream: 'https://blog.example', vaultRuleRefs: [platform/cards]}",
+    ));
+    let compiled = compile_docs(&docs);
+    assert_eq!(served_routes(&compiled), ["blog/cards", "shop/partner", "shop/shared"]);
+    let shared = compiled.snapshot.routes.iter().find(|r| r.id == "shop/shared").unwrap();
+    assert_eq!(shared.cookie_translation.as_deref(), Some("platform/login"));
+    assert_eq!(shared.vault_rules, ["platform/cards"]);
+    let ids: Vec<&str> = secret_values(&compiled).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        ids,
+        [
+            "platform/app-keys/web",
+            "platform/cookie-key/k1",
+            "platform/tokens/tok_1"
+        ],
+        "the policies' Secrets are read in their own namespace, never the route's"
+    );
+}
+
+#[test]
+fn shared_policies_refuse_namespaces_they_do_not_admit() {
+    let mut docs = platform_setup();
+    docs.push(route(
+        "chain",
+        "{upstream: 'https://a.example', auth: sessionChain, sessionChainRef: platform/chain}",
+    ));
+    docs.push(doc(
+        "ProxyRoute",
+        "blog/login",
+        "{upstream: 'https://a.example', auth: cookie, cookieTranslationRef: platform/login}",
+    ));
+    docs.push(route(
+        "missing",
+        "{upstream: 'https://a.example', vaultRuleRefs: [platform/nope]}",
+    ));
+    let compiled = compile_docs(&docs);
+    assert_eq!(served_routes(&compiled), Vec::<&str>::new());
+    assert_refused(
+        &compiled,
+        Kind::ProxyRoute,
+        "chain",
+        reasons::REF_NOT_PERMITTED,
+        &[
+            "ProxyRoute/shop/chain: spec.sessionChainRef: SessionChainPolicy platform/chain is not shared with other namespaces (its spec.allowedNamespaces.from is Same); ask its owners to set allowedNamespaces to from: All, or from: Selector with a selector matching namespace shop, or create one in shop",
+        ],
+    );
+    let blog = compiled
+        .reports
+        .iter()
+        .find(|r| r.object.namespace == "blog" && r.object.name == "login")
+        .unwrap();
+    assert_eq!(blog.reason, reasons::REF_NOT_PERMITTED);
+    assert_eq!(
+        blog.problem_lines().collect::<Vec<_>>(),
+        [
+            "ProxyRoute/blog/login: spec.cookieTranslationRef: CookieTranslation platform/login is shared only with namespaces matching its spec.allowedNamespaces.selector, and namespace blog does not match; ask its owners to widen the selector, or label namespace blog to match it"
+        ]
+    );
+    assert_refused(
+        &compiled,
+        Kind::ProxyRoute,
+        "missing",
+        reasons::REF_NOT_FOUND,
+        &[
+            "ProxyRoute/shop/missing: spec.vaultRuleRefs[0]: TokenVaultRule platform/nope does not exist or is not Ready; create it or fix the name",
+        ],
+    );
+}
+
+#[test]
+fn a_namespace_label_change_changes_what_is_shared() {
+    let mut docs = platform_setup();
+    docs.push(route(
+        "shared",
+        "{upstream: 'https://a.example', auth: cookie, cookieTranslationRef: platform/login}",
+    ));
+    assert_eq!(served_routes(&compile_docs(&docs)), ["shop/shared"]);
+    docs[0] = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n".to_string();
+    let compiled = compile_docs(&docs);
+    assert_eq!(
+        report(&compiled, Kind::ProxyRoute, "shared").reason,
+        reasons::REF_NOT_PERMITTED
+    );
+    docs.remove(0);
+    let compiled = compile_docs(&docs);
+    assert_eq!(
+        report(&compiled, Kind::ProxyRoute, "shared").reason,
+        reasons::REF_NOT_PERMITTED,
+        "a namespace compile() was not told about has no labels but its name"
     );
 }
 

@@ -65,8 +65,10 @@ pub struct ProxyRouteSpec {
 
     /// Name of an `ExternalAllowlist` in this namespace: the client names the destination in the
     /// allowlist's header and Keygate checks it. Exclusive with `upstream`.
+    /// `namespace/name` names one shared from another namespace (its `allowedNamespaces` must
+    /// admit this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 317))]
     pub allowlist_ref: Option<String>,
 
     /// Remove `pathPrefix` from the path before appending it to the upstream URL. Default true.
@@ -147,18 +149,24 @@ pub struct ProxyRouteSpec {
     pub api_key: Option<ApiKeyAuth>,
 
     /// Name of a `CookieTranslation` in this namespace: its cookie becomes the upstream's auth header.
+    /// `namespace/name` names one shared from another namespace (its `allowedNamespaces` must
+    /// admit this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 317))]
     pub cookie_translation_ref: Option<String>,
 
     /// Name of a `SessionChainPolicy` in this namespace: requests must carry the next chain link.
+    /// `namespace/name` names one shared from another namespace (its `allowedNamespaces` must
+    /// admit this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 317))]
     pub session_chain_ref: Option<String>,
 
     /// Names of `TokenVaultRule`s in this namespace whose `{{token}}` expressions are swapped here.
+    /// `namespace/name` names one shared from another namespace (its `allowedNamespaces` must
+    /// admit this one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 317)))]
     pub vault_rule_refs: Vec<String>,
 
     /// Request rate limit for this route.
