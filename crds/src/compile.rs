@@ -18,7 +18,9 @@ use crate::resources::common::{AllowedNamespaces, NamespacesFrom, SecretKeyRef, 
 use crate::resources::route::{CsrfMode, HttpMethod};
 use crate::resources::session::{ChainProof, MIN_CHAIN_KEY_SECRET_BYTES};
 use crate::resources::vault::{StaticToken, is_token_id};
-use crate::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
+use crate::resources::{
+    CookieTranslation, ExternalAllowlist, KeygateDelegation, ProxyRoute, SessionChainPolicy, TokenVaultRule,
+};
 use crate::snapshot::{
     CHAIN_HEADER, CSRF_HEADER, CSRF_TOKEN_HEADER, CorsPolicy, CsrfPolicy, Destination, ERROR_HEADER, HeaderValue,
     InjectedHeader, RenamedHeader, Route, SIGNATURE_HEADER, SNAPSHOT_FORMAT, SecretId, SecretSnapshot, Snapshot,
@@ -63,6 +65,8 @@ pub struct Resources {
     /// Namespaces, for their labels: `allowedNamespaces.from: Selector` matches them. A
     /// namespace missing here has only its `kubernetes.io/metadata.name` label.
     pub namespaces: Vec<Namespace>,
+    /// `KeygateDelegation`s; none means any namespace may claim any host and prefix.
+    pub delegations: Vec<KeygateDelegation>,
 }
 
 /// Lists Secrets by name only: the derived `Debug` of a core `Secret` prints its data, and a
@@ -80,6 +84,7 @@ impl std::fmt::Debug for Resources {
             .field("allowlists", &self.allowlists)
             .field("vault_rules", &self.vault_rules)
             .field("session_policies", &self.session_policies)
+            .field("delegations", &self.delegations)
             .field("secrets", &secrets)
             .field(
                 "namespaces",
@@ -225,7 +230,8 @@ pub fn compile(input: &Resources) -> Compiled {
                 ));
             }
         });
-    c.compile_routes(&input.routes);
+    let delegations = c.delegations(&input.delegations);
+    c.compile_routes(&input.routes, delegations.as_deref());
 
     // Several routes may share a prefix on different hosts; the id keeps the order total.
     c.snapshot
@@ -339,6 +345,62 @@ validated!(CookieTranslation, crate::resources::CookieTranslationSpec);
 validated!(ExternalAllowlist, crate::resources::ExternalAllowlistSpec);
 validated!(TokenVaultRule, crate::resources::TokenVaultRuleSpec);
 validated!(SessionChainPolicy, crate::resources::SessionChainPolicySpec);
+validated!(KeygateDelegation, crate::resources::KeygateDelegationSpec);
+
+/// One `KeygateDelegation` as routes are checked against it: hosts and prefixes normalized as
+/// routes' are. An invalid one grants nothing but still counts as configured, so a typo in the
+/// only delegation never opens every host and prefix to everyone (fail closed).
+struct Grant {
+    name: String,
+    namespaces: Vec<String>,
+    selector: Option<crate::resources::common::NamespaceSelector>,
+    hosts: Vec<String>,
+    prefixes: Vec<String>,
+    valid: bool,
+}
+
+impl Grant {
+    fn covers_namespace(&self, ns: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.valid
+            && (self.namespaces.iter().any(|n| n == ns) || self.selector.as_ref().is_some_and(|s| s.selects(labels)))
+    }
+
+    /// Whether routes may claim `host` (`None`: every host, a route without `hosts`): no hosts
+    /// listed grants any; `*.d` grants every name below `d` and the wildcards below it.
+    fn grants_host(&self, host: Option<&str>) -> bool {
+        if self.hosts.is_empty() {
+            return true;
+        }
+        let Some(host) = host else { return false };
+        self.hosts.iter().any(|granted| {
+            granted == host
+                || granted
+                    .strip_prefix("*.")
+                    .is_some_and(|domain| host.strip_suffix(domain).is_some_and(|rest| rest.ends_with('.')))
+        })
+    }
+
+    /// Whether routes may claim `prefix`: a granted prefix or below it at a `/` boundary.
+    fn grants_prefix(&self, prefix: &str) -> bool {
+        self.prefixes.is_empty()
+            || self.prefixes.iter().any(|granted| {
+                granted == "/"
+                    || prefix
+                        .strip_prefix(granted.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+    }
+
+    fn describe(&self) -> String {
+        let list = |v: &[String], none: &str| if v.is_empty() { none.to_string() } else { v.join(", ") };
+        format!(
+            "KeygateDelegation {} (hosts: {}; path prefixes: {})",
+            self.name,
+            list(&self.hosts, "any"),
+            list(&self.prefixes, "any")
+        )
+    }
+}
 
 impl Compiler<'_> {
     /// Compiles the resources of one kind that routes refer to: duplicates, CEL rules, then
@@ -407,7 +469,78 @@ impl Compiler<'_> {
         unique
     }
 
-    fn compile_routes(&mut self, routes: &[ProxyRoute]) {
+    /// The delegations routes are checked against; `None` when there are none, which grants
+    /// everything (as before delegations existed). Invalid ones are reported and grant nothing.
+    fn delegations(&mut self, items: &[KeygateDelegation]) -> Option<Vec<Grant>> {
+        if items.is_empty() {
+            return None;
+        }
+        let mut grants = Vec::new();
+        for item in items {
+            let object = ObjectRef {
+                kind: Kind::KeygateDelegation,
+                namespace: String::new(),
+                name: item.name_any(),
+            };
+            let problems = item.cel_problems();
+            let valid = problems.is_empty();
+            if valid {
+                self.accept(object.clone(), item);
+            } else {
+                self.refuse(object.clone(), item, reasons::INVALID, problems);
+            }
+            grants.push(Grant {
+                name: object.name,
+                namespaces: item.spec.namespaces.clone(),
+                selector: item.spec.namespace_selector.clone(),
+                hosts: normalize_hosts(&item.spec.hosts),
+                prefixes: item.spec.path_prefixes.iter().cloned().map(normalize_prefix).collect(),
+                valid,
+            });
+        }
+        grants.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(grants)
+    }
+
+    /// Why a compiled route may not claim its hosts and prefix under `grants`, if it may not.
+    fn not_delegated(&self, route: &Route, ns: &str, grants: &[Grant]) -> Option<Problem> {
+        let only_name = BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())]);
+        let labels = self.namespace_labels.get(ns).unwrap_or(&only_name);
+        let mine: Vec<&Grant> = grants.iter().filter(|g| g.covers_namespace(ns, labels)).collect();
+        let claims: Vec<Option<&str>> = match route.hosts.as_slice() {
+            [] => vec![None],
+            hosts => hosts.iter().map(|h| Some(h.as_str())).collect(),
+        };
+        let prefix = &route.path_prefix;
+        let refused = claims
+            .into_iter()
+            .find(|host| !mine.iter().any(|g| g.grants_host(*host) && g.grants_prefix(prefix)))?;
+        let claim = match refused {
+            Some(host) => format!("host {host} with path prefix {prefix}"),
+            None => format!("path prefix {prefix} on every host (the route sets no hosts)"),
+        };
+        // Point at what to change: the prefix when none of the namespace's delegations grants
+        // it, the hosts otherwise.
+        let field = if !mine.is_empty() && !mine.iter().any(|g| g.grants_prefix(prefix)) {
+            "spec.pathPrefix"
+        } else {
+            "spec.hosts"
+        };
+        let message = if mine.is_empty() {
+            format!(
+                "{claim} is not delegated: no KeygateDelegation covers namespace {ns} (delegations decide which namespaces may claim which hosts and prefixes); ask the platform team to delegate it"
+            )
+        } else {
+            let by: Vec<String> = mine.iter().map(|g| g.describe()).collect();
+            format!(
+                "{claim} is outside what {} delegates to namespace {ns}; claim a host and prefix within it, or ask the platform team to extend it",
+                by.join(" and ")
+            )
+        };
+        Some(problem(field, message))
+    }
+
+    fn compile_routes(&mut self, routes: &[ProxyRoute], delegations: Option<&[Grant]>) {
         // Older routes claim their prefix first; namespace/name breaks ties so the result never
         // depends on the order the inputs arrive in. A route without a creation time (a manifest
         // not yet applied) counts as the newest.
@@ -428,6 +561,12 @@ impl Compiler<'_> {
                     continue;
                 }
             };
+            // Checked before claiming, so a claim outside what is delegated never takes a host
+            // and prefix from the namespace it is delegated to.
+            if let Some(p) = delegations.and_then(|grants| self.not_delegated(&compiled, &object.namespace, grants)) {
+                self.refuse(object, route, reasons::NOT_PERMITTED, vec![p]);
+                continue;
+            }
             let claims: Vec<(Option<String>, String)> = match compiled.hosts.as_slice() {
                 [] => vec![(None, compiled.path_prefix.clone())],
                 hosts => hosts

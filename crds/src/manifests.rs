@@ -86,7 +86,7 @@ fn read_document(out: &mut Parsed, at: &str, value: Value) {
             out.problems.push(ParseProblem {
                 subject: at.to_string(),
                 field: "kind".into(),
-                message: format!("{kind_name:?} is not a Keygate kind; use ProxyRoute, CookieTranslation, ExternalAllowlist, TokenVaultRule or SessionChainPolicy"),
+                message: format!("{kind_name:?} is not a Keygate kind; use ProxyRoute, CookieTranslation, ExternalAllowlist, TokenVaultRule, SessionChainPolicy or KeygateDelegation"),
             });
             return;
         }
@@ -135,6 +135,7 @@ fn read_document(out: &mut Parsed, at: &str, value: Value) {
         Kind::SessionChainPolicy => typed(value, &subject).map(|v| r.session_policies.push(v)),
         Kind::Secret => typed(value, &subject).map(|v| r.secrets.push(v)),
         Kind::Namespace => typed(value, &subject).map(|v| r.namespaces.push(v)),
+        Kind::KeygateDelegation => typed(value, &subject).map(|v| r.delegations.push(v)),
     };
     if let Err(p) = problems {
         out.problems.extend(p);

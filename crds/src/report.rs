@@ -14,6 +14,8 @@ pub mod reasons {
     pub const INVALID: &str = "Invalid";
     /// A referenced Keygate resource does not exist or is not ready.
     pub const REF_NOT_FOUND: &str = "RefNotFound";
+    /// A route claims a host or prefix no `KeygateDelegation` grants its namespace.
+    pub const NOT_PERMITTED: &str = "NotPermitted";
     /// A reference into another namespace that the referenced resource does not admit.
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
     /// A referenced Secret or Secret key does not exist or is unusable.
@@ -37,6 +39,8 @@ pub enum Kind {
     TokenVaultRule,
     /// `SessionChainPolicy`
     SessionChainPolicy,
+    /// `KeygateDelegation` (cluster-scoped)
+    KeygateDelegation,
     /// core `Secret`
     Secret,
     /// core `Namespace`, read for its labels
@@ -52,6 +56,7 @@ impl Kind {
             Kind::ExternalAllowlist => "ExternalAllowlist",
             Kind::TokenVaultRule => "TokenVaultRule",
             Kind::SessionChainPolicy => "SessionChainPolicy",
+            Kind::KeygateDelegation => "KeygateDelegation",
             Kind::Secret => "Secret",
             Kind::Namespace => "Namespace",
         }
@@ -70,6 +75,7 @@ impl Kind {
             Kind::ExternalAllowlist,
             Kind::TokenVaultRule,
             Kind::SessionChainPolicy,
+            Kind::KeygateDelegation,
             Kind::Secret,
             Kind::Namespace,
         ]
@@ -91,7 +97,11 @@ pub struct ObjectRef {
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.kind.as_str(), self.namespace, self.name)
+        // Cluster-scoped kinds have no namespace to name.
+        match self.namespace.as_str() {
+            "" => write!(f, "{}/{}", self.kind.as_str(), self.name),
+            ns => write!(f, "{}/{ns}/{}", self.kind.as_str(), self.name),
+        }
     }
 }
 

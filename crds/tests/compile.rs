@@ -1247,3 +1247,118 @@ fn an_api_key_secret_without_keys_is_refused() {
         ]
     );
 }
+
+/// Problem lines and reason of the route `ns/name`.
+fn route_outcome(compiled: &Compiled, ns: &str, name: &str) -> (&'static str, Vec<String>) {
+    let r = compiled
+        .reports
+        .iter()
+        .find(|r| r.object.kind == Kind::ProxyRoute && r.object.namespace == ns && r.object.name == name)
+        .unwrap_or_else(|| panic!("no report for {ns}/{name}"));
+    (r.reason, r.problem_lines().collect())
+}
+
+fn delegation_setup() -> Vec<String> {
+    vec![
+        doc(
+            "KeygateDelegation",
+            "shop",
+            "{namespaces: [shop], hosts: [shop.example.com, '*.shop.example.com'], pathPrefixes: [/api/]}",
+        ),
+        doc(
+            "KeygateDelegation",
+            "blog",
+            "{namespaces: [blog], hosts: [Blog.example.com]}",
+        ),
+    ]
+}
+
+#[test]
+fn claims_outside_what_is_delegated_are_not_permitted() {
+    let mut docs = delegation_setup();
+    let at = |id: &str, spec: &str| doc("ProxyRoute", id, spec);
+    docs.extend([
+        at(
+            "shop/api",
+            "{hosts: [shop.example.com], pathPrefix: /api/v1, upstream: 'https://a.example'}",
+        ),
+        at(
+            "shop/eu",
+            "{hosts: ['*.eu.shop.example.com', 'x.shop.example.com'], pathPrefix: /api, upstream: 'https://a.example'}",
+        ),
+        at(
+            "shop/squat",
+            "{hosts: [blog.example.com], pathPrefix: /api, upstream: 'https://a.example'}",
+        ),
+        at("shop/anyhost", "{pathPrefix: /api, upstream: 'https://a.example'}"),
+        at(
+            "shop/admin",
+            "{hosts: [shop.example.com], pathPrefix: /apix, upstream: 'https://a.example'}",
+        ),
+        at(
+            "blog/api",
+            "{hosts: [blog.example.com], pathPrefix: /api, upstream: 'https://b.example'}",
+        ),
+        at(
+            "news/api",
+            "{hosts: [news.example.com], pathPrefix: /api, upstream: 'https://n.example'}",
+        ),
+    ]);
+    let compiled = compile_docs(&docs);
+    assert_eq!(served_routes(&compiled), ["blog/api", "shop/eu", "shop/api"]);
+    let shop = "KeygateDelegation shop (hosts: *.shop.example.com, shop.example.com; path prefixes: /api)";
+    for (id, line) in [
+        ("shop/squat", format!("spec.hosts: host blog.example.com with path prefix /api is outside what {shop} delegates to namespace shop; claim a host and prefix within it, or ask the platform team to extend it")),
+        ("shop/anyhost", format!("spec.hosts: path prefix /api on every host (the route sets no hosts) is outside what {shop} delegates to namespace shop; claim a host and prefix within it, or ask the platform team to extend it")),
+        ("shop/admin", format!("spec.pathPrefix: host shop.example.com with path prefix /apix is outside what {shop} delegates to namespace shop; claim a host and prefix within it, or ask the platform team to extend it")),
+        ("news/api", "spec.hosts: host news.example.com with path prefix /api is not delegated: no KeygateDelegation covers namespace news (delegations decide which namespaces may claim which hosts and prefixes); ask the platform team to delegate it".to_string()),
+    ] {
+        let (ns, name) = id.split_once('/').unwrap();
+        assert_eq!(
+            route_outcome(&compiled, ns, name),
+            (reasons::NOT_PERMITTED, vec![format!("ProxyRoute/{id}: {line}")])
+        );
+    }
+}
+
+#[test]
+fn an_invalid_delegation_grants_nothing_rather_than_everything() {
+    let docs = vec![
+        doc("KeygateDelegation", "typo", "{hosts: [shop.example.com]}"),
+        route("api", "{hosts: [shop.example.com], upstream: 'https://a.example'}"),
+    ];
+    let compiled = compile_docs(&docs);
+    assert_eq!(served_routes(&compiled), Vec::<&str>::new());
+    let typo = compiled
+        .reports
+        .iter()
+        .find(|r| r.object.kind == Kind::KeygateDelegation)
+        .unwrap();
+    assert_eq!(typo.reason, reasons::INVALID);
+    assert_eq!(
+        typo.problem_lines().collect::<Vec<_>>(),
+        ["KeygateDelegation/typo: spec: name the namespaces (namespaces) or select them (namespaceSelector)"]
+    );
+    assert_eq!(route_outcome(&compiled, "shop", "api").0, reasons::NOT_PERMITTED);
+}
+
+#[test]
+fn a_delegation_by_namespace_label() {
+    let docs = vec![
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {team: web}}\n".to_string(),
+        doc(
+            "KeygateDelegation",
+            "web",
+            "{namespaceSelector: {matchLabels: {team: web}}, pathPrefixes: [/web]}",
+        ),
+        route("web", "{pathPrefix: /web/shop, upstream: 'https://a.example'}"),
+        doc(
+            "ProxyRoute",
+            "blog/web",
+            "{pathPrefix: /web/blog, upstream: 'https://a.example'}",
+        ),
+    ];
+    let compiled = compile_docs(&docs);
+    assert_eq!(served_routes(&compiled), ["shop/web"]);
+    assert_eq!(route_outcome(&compiled, "blog", "web").0, reasons::NOT_PERMITTED);
+}

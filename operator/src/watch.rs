@@ -8,7 +8,9 @@ use std::sync::Arc;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use keygate_crds::Resources;
-use keygate_crds::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
+use keygate_crds::resources::{
+    CookieTranslation, ExternalAllowlist, KeygateDelegation, ProxyRoute, SessionChainPolicy, TokenVaultRule,
+};
 use keygate_proxy::source::kube::watch_store;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -28,6 +30,8 @@ pub struct Stores {
     /// Every Namespace, watched cluster-wide even when only some namespaces are: a shared
     /// policy's `allowedNamespaces.selector` matches on the labels of the referencing one.
     namespaces: Store<Namespace>,
+    /// Every `KeygateDelegation` (cluster-scoped): they decide what routes may claim.
+    delegations: Store<KeygateDelegation>,
 }
 
 /// Starts the watches. `namespaces` empty means all namespaces.
@@ -40,6 +44,7 @@ pub fn start(client: &Client, namespaces: &[String], notify: &Arc<Notify>) -> St
         session_policies: spawn_all(client, namespaces, notify),
         secrets: spawn_all(client, namespaces, notify),
         namespaces: watch_store(Api::all(client.clone()), watcher::Config::default(), notify.clone()),
+        delegations: watch_store(Api::all(client.clone()), watcher::Config::default(), notify.clone()),
     }
 }
 
@@ -81,6 +86,8 @@ impl Stores {
             secrets
         );
         let _ = self.namespaces.wait_until_ready().await;
+        // Compiling before delegations are known would serve claims they refuse.
+        let _ = self.delegations.wait_until_ready().await;
     }
 
     /// A copy of everything cached, as `compile()` takes it.
@@ -96,6 +103,7 @@ impl Stores {
             session_policies: all(&self.session_policies),
             secrets: all(&self.secrets),
             namespaces: all(std::slice::from_ref(&self.namespaces)),
+            delegations: all(std::slice::from_ref(&self.delegations)),
         }
     }
 }
