@@ -1,10 +1,11 @@
 //! Many teams on one Keygate, end to end against a real API server (`tests/kube-env/up`): two
-//! app namespaces and a platform namespace, routes told apart by host, and a platform policy
-//! shared by reference with the namespaces its `allowedNamespaces` admits — which follows a
-//! namespace's labels without restarting anything.
+//! app namespaces and a platform namespace, routes told apart by host, a platform policy shared
+//! by reference with the namespaces its `allowedNamespaces` admits (which follows a namespace's
+//! labels), and a `KeygateDelegation` refusing claims outside it — each change taking effect
+//! without restarting anything.
 
 use http::StatusCode;
-use keygate_tests::cluster::{Namespace, eventually, kubectl_ok, route};
+use keygate_tests::cluster::{Namespace, eventually, kubectl, kubectl_ok, route};
 use keygate_tests::{Upstream, get};
 
 mod inproc;
@@ -95,5 +96,63 @@ spec:
         (get(&format!("http://{proxy}/cards/x"), &[]).await.status == StatusCode::OK).then_some(())
     })
     .await;
+
+    // Delegation is cluster-wide, so it is tried last, in this one test, and removed after.
+    let shop_delegation = Delegation(format!("e2e-{}", shop.0));
+    shop_delegation.apply(&shop.0, "[shop.e2e.example]");
+    let (reason, message) = ready_is(&blog.0, "api", "False").await;
+    assert_eq!(reason, "NotPermitted");
+    assert!(
+        message.contains(&format!("no KeygateDelegation covers namespace {}", blog.0)),
+        "{message}"
+    );
+    ready_is(&shop.0, "api", "True").await;
+    shop.apply(&route(
+        "squat",
+        "/api",
+        &shop_up.url(),
+        "  hosts: [www.blog.e2e.example]",
+    ));
+    let (reason, message) = ready_is(&shop.0, "squat", "False").await;
+    assert_eq!(reason, "NotPermitted");
+    assert!(
+        message.contains(&format!("KeygateDelegation {}", shop_delegation.0)),
+        "{message}"
+    );
+    eventually(30, "the blog's host no longer served", || async {
+        (on("www.blog.e2e.example").await == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+
+    // The platform team delegates the blog its hosts: served again, nothing restarted, and the
+    // shop's squatting claim still refused.
+    let blog_delegation = Delegation(format!("e2e-{}", blog.0));
+    blog_delegation.apply(&blog.0, "['*.blog.e2e.example']");
+    ready_is(&blog.0, "api", "True").await;
+    eventually(30, "the blog served again", || async {
+        (on("www.blog.e2e.example").await == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(ready_is(&shop.0, "squat", "False").await.0, "NotPermitted");
     op.stop().await;
+}
+
+/// A `KeygateDelegation` of the test's, deleted when dropped.
+struct Delegation(String);
+
+impl Delegation {
+    /// Delegates `hosts` (a YAML list), with any prefix, to namespace `ns`.
+    fn apply(&self, ns: &str, hosts: &str) {
+        let yaml = format!(
+            "apiVersion: keygate.dev/v1alpha1\nkind: KeygateDelegation\nmetadata: {{name: {}}}\nspec: {{namespaces: [{ns}], hosts: {hosts}}}\n",
+            self.0
+        );
+        kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    }
+}
+
+impl Drop for Delegation {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "keygatedelegation", &self.0, "--wait=false"], None);
+    }
 }
