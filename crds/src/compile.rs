@@ -8,17 +8,19 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{Resource, ResourceExt};
 
 use crate::cidr::Cidr;
 use crate::report::{Kind, ObjectRef, Problem, Report, reasons};
 use crate::resources::allowlist::ExternalAllowlistSpec;
-use crate::resources::common::{SecretKeyRef, parse_duration_ms};
+use crate::resources::common::{AllowedNamespaces, NamespacesFrom, SecretKeyRef, parse_duration_ms};
 use crate::resources::route::{CsrfMode, HttpMethod};
 use crate::resources::session::{ChainProof, MIN_CHAIN_KEY_SECRET_BYTES};
 use crate::resources::vault::{StaticToken, is_token_id};
-use crate::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
+use crate::resources::{
+    CookieTranslation, ExternalAllowlist, KeygateDelegation, ProxyRoute, SessionChainPolicy, TokenVaultRule,
+};
 use crate::snapshot::{
     CHAIN_HEADER, CSRF_HEADER, CSRF_TOKEN_HEADER, CorsPolicy, CsrfPolicy, Destination, ERROR_HEADER, HeaderValue,
     InjectedHeader, RenamedHeader, Route, SIGNATURE_HEADER, SNAPSHOT_FORMAT, SecretId, SecretSnapshot, Snapshot,
@@ -60,6 +62,11 @@ pub struct Resources {
     pub session_policies: Vec<SessionChainPolicy>,
     /// Secrets the resources may reference.
     pub secrets: Vec<Secret>,
+    /// Namespaces, for their labels: `allowedNamespaces.from: Selector` matches them. A
+    /// namespace missing here has only its `kubernetes.io/metadata.name` label.
+    pub namespaces: Vec<Namespace>,
+    /// `KeygateDelegation`s; none means any namespace may claim any host and prefix.
+    pub delegations: Vec<KeygateDelegation>,
 }
 
 /// Lists Secrets by name only: the derived `Debug` of a core `Secret` prints its data, and a
@@ -77,7 +84,12 @@ impl std::fmt::Debug for Resources {
             .field("allowlists", &self.allowlists)
             .field("vault_rules", &self.vault_rules)
             .field("session_policies", &self.session_policies)
+            .field("delegations", &self.delegations)
             .field("secrets", &secrets)
+            .field(
+                "namespaces",
+                &self.namespaces.iter().map(ResourceExt::name_any).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -105,6 +117,7 @@ pub fn compile(input: &Resources) -> Compiled {
     let secrets = SecretIndex::new(&input.secrets);
     let mut c = Compiler {
         secrets: &secrets,
+        namespace_labels: namespace_labels(&input.namespaces),
         used_secrets: BTreeMap::new(),
         pending_secrets: BTreeMap::new(),
         reports: Vec::new(),
@@ -217,9 +230,13 @@ pub fn compile(input: &Resources) -> Compiled {
                 ));
             }
         });
-    c.compile_routes(&input.routes);
+    let delegations = c.delegations(&input.delegations);
+    c.compile_routes(&input.routes, delegations.as_deref());
 
-    c.snapshot.routes.sort_by(|a, b| a.path_prefix.cmp(&b.path_prefix));
+    // Several routes may share a prefix on different hosts; the id keeps the order total.
+    c.snapshot
+        .routes
+        .sort_by(|a, b| (&a.path_prefix, &a.id).cmp(&(&b.path_prefix, &b.id)));
     c.reports.sort_by(|a, b| a.object.cmp(&b.object));
     let snapshot_hash = c.snapshot.hash();
     Compiled {
@@ -270,6 +287,8 @@ fn namespace_of<K: Resource>(r: &K) -> String {
 
 struct Compiler<'a> {
     secrets: &'a SecretIndex,
+    /// Labels by namespace name, for `allowedNamespaces.selector`.
+    namespace_labels: HashMap<String, BTreeMap<String, String>>,
     /// Values of the Secrets that served resources use: what the `SecretSnapshot` ships.
     used_secrets: BTreeMap<SecretId, String>,
     /// Values read for the resource being compiled; kept only if it is served, so a refused
@@ -326,6 +345,62 @@ validated!(CookieTranslation, crate::resources::CookieTranslationSpec);
 validated!(ExternalAllowlist, crate::resources::ExternalAllowlistSpec);
 validated!(TokenVaultRule, crate::resources::TokenVaultRuleSpec);
 validated!(SessionChainPolicy, crate::resources::SessionChainPolicySpec);
+validated!(KeygateDelegation, crate::resources::KeygateDelegationSpec);
+
+/// One `KeygateDelegation` as routes are checked against it: hosts and prefixes normalized as
+/// routes' are. An invalid one grants nothing but still counts as configured, so a typo in the
+/// only delegation never opens every host and prefix to everyone (fail closed).
+struct Grant {
+    name: String,
+    namespaces: Vec<String>,
+    selector: Option<crate::resources::common::NamespaceSelector>,
+    hosts: Vec<String>,
+    prefixes: Vec<String>,
+    valid: bool,
+}
+
+impl Grant {
+    fn covers_namespace(&self, ns: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.valid
+            && (self.namespaces.iter().any(|n| n == ns) || self.selector.as_ref().is_some_and(|s| s.selects(labels)))
+    }
+
+    /// Whether routes may claim `host` (`None`: every host, a route without `hosts`): no hosts
+    /// listed grants any; `*.d` grants every name below `d` and the wildcards below it.
+    fn grants_host(&self, host: Option<&str>) -> bool {
+        if self.hosts.is_empty() {
+            return true;
+        }
+        let Some(host) = host else { return false };
+        self.hosts.iter().any(|granted| {
+            granted == host
+                || granted
+                    .strip_prefix("*.")
+                    .is_some_and(|domain| host.strip_suffix(domain).is_some_and(|rest| rest.ends_with('.')))
+        })
+    }
+
+    /// Whether routes may claim `prefix`: a granted prefix or below it at a `/` boundary.
+    fn grants_prefix(&self, prefix: &str) -> bool {
+        self.prefixes.is_empty()
+            || self.prefixes.iter().any(|granted| {
+                granted == "/"
+                    || prefix
+                        .strip_prefix(granted.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+    }
+
+    fn describe(&self) -> String {
+        let list = |v: &[String], none: &str| if v.is_empty() { none.to_string() } else { v.join(", ") };
+        format!(
+            "KeygateDelegation {} (hosts: {}; path prefixes: {})",
+            self.name,
+            list(&self.hosts, "any"),
+            list(&self.prefixes, "any")
+        )
+    }
+}
 
 impl Compiler<'_> {
     /// Compiles the resources of one kind that routes refer to: duplicates, CEL rules, then
@@ -394,7 +469,78 @@ impl Compiler<'_> {
         unique
     }
 
-    fn compile_routes(&mut self, routes: &[ProxyRoute]) {
+    /// The delegations routes are checked against; `None` when there are none, which grants
+    /// everything (as before delegations existed). Invalid ones are reported and grant nothing.
+    fn delegations(&mut self, items: &[KeygateDelegation]) -> Option<Vec<Grant>> {
+        if items.is_empty() {
+            return None;
+        }
+        let mut grants = Vec::new();
+        for item in items {
+            let object = ObjectRef {
+                kind: Kind::KeygateDelegation,
+                namespace: String::new(),
+                name: item.name_any(),
+            };
+            let problems = item.cel_problems();
+            let valid = problems.is_empty();
+            if valid {
+                self.accept(object.clone(), item);
+            } else {
+                self.refuse(object.clone(), item, reasons::INVALID, problems);
+            }
+            grants.push(Grant {
+                name: object.name,
+                namespaces: item.spec.namespaces.clone(),
+                selector: item.spec.namespace_selector.clone(),
+                hosts: normalize_hosts(&item.spec.hosts),
+                prefixes: item.spec.path_prefixes.iter().cloned().map(normalize_prefix).collect(),
+                valid,
+            });
+        }
+        grants.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(grants)
+    }
+
+    /// Why a compiled route may not claim its hosts and prefix under `grants`, if it may not.
+    fn not_delegated(&self, route: &Route, ns: &str, grants: &[Grant]) -> Option<Problem> {
+        let only_name = BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())]);
+        let labels = self.namespace_labels.get(ns).unwrap_or(&only_name);
+        let mine: Vec<&Grant> = grants.iter().filter(|g| g.covers_namespace(ns, labels)).collect();
+        let claims: Vec<Option<&str>> = match route.hosts.as_slice() {
+            [] => vec![None],
+            hosts => hosts.iter().map(|h| Some(h.as_str())).collect(),
+        };
+        let prefix = &route.path_prefix;
+        let refused = claims
+            .into_iter()
+            .find(|host| !mine.iter().any(|g| g.grants_host(*host) && g.grants_prefix(prefix)))?;
+        let claim = match refused {
+            Some(host) => format!("host {host} with path prefix {prefix}"),
+            None => format!("path prefix {prefix} on every host (the route sets no hosts)"),
+        };
+        // Point at what to change: the prefix when none of the namespace's delegations grants
+        // it, the hosts otherwise.
+        let field = if !mine.is_empty() && !mine.iter().any(|g| g.grants_prefix(prefix)) {
+            "spec.pathPrefix"
+        } else {
+            "spec.hosts"
+        };
+        let message = if mine.is_empty() {
+            format!(
+                "{claim} is not delegated: no KeygateDelegation covers namespace {ns} (delegations decide which namespaces may claim which hosts and prefixes); ask the platform team to delegate it"
+            )
+        } else {
+            let by: Vec<String> = mine.iter().map(|g| g.describe()).collect();
+            format!(
+                "{claim} is outside what {} delegates to namespace {ns}; claim a host and prefix within it, or ask the platform team to extend it",
+                by.join(" and ")
+            )
+        };
+        Some(problem(field, message))
+    }
+
+    fn compile_routes(&mut self, routes: &[ProxyRoute], delegations: Option<&[Grant]>) {
         // Older routes claim their prefix first; namespace/name breaks ties so the result never
         // depends on the order the inputs arrive in. A route without a creation time (a manifest
         // not yet applied) counts as the newest.
@@ -403,7 +549,9 @@ impl Compiler<'_> {
             let created = r.metadata.creation_timestamp.as_ref().map(|t| t.0);
             (created.is_none(), created, object.clone())
         });
-        let mut claimed: HashMap<String, &ProxyRoute> = HashMap::new();
+        // Claims are per host and prefix: `None` is "any host", which a host-specific route at the
+        // same prefix does not conflict with (it only takes that host's requests).
+        let mut claimed: HashMap<(Option<String>, String), &ProxyRoute> = HashMap::new();
         for (object, route) in ordered {
             let id = format!("{}/{}", object.namespace, object.name);
             let compiled = match self.compile_route(route, &object.namespace, &id) {
@@ -413,12 +561,34 @@ impl Compiler<'_> {
                     continue;
                 }
             };
-            if let Some(owner) = claimed.get(&compiled.path_prefix) {
-                let p = problem("spec.pathPrefix", conflict_message(&compiled.path_prefix, route, owner));
-                self.refuse(object, route, reasons::CONFLICT, vec![p]);
+            // Checked before claiming, so a claim outside what is delegated never takes a host
+            // and prefix from the namespace it is delegated to.
+            if let Some(p) = delegations.and_then(|grants| self.not_delegated(&compiled, &object.namespace, grants)) {
+                self.refuse(object, route, reasons::NOT_PERMITTED, vec![p]);
                 continue;
             }
-            claimed.insert(compiled.path_prefix.clone(), route);
+            let claims: Vec<(Option<String>, String)> = match compiled.hosts.as_slice() {
+                [] => vec![(None, compiled.path_prefix.clone())],
+                hosts => hosts
+                    .iter()
+                    .map(|h| (Some(h.clone()), compiled.path_prefix.clone()))
+                    .collect(),
+            };
+            let taken: Vec<Problem> = claims
+                .iter()
+                .filter_map(|claim| {
+                    let owner = claimed.get(claim)?;
+                    Some(problem(
+                        "spec.pathPrefix",
+                        conflict_message(&compiled.path_prefix, claim.0.as_deref(), route, owner),
+                    ))
+                })
+                .collect();
+            if !taken.is_empty() {
+                self.refuse(object, route, reasons::CONFLICT, taken);
+                continue;
+            }
+            claimed.extend(claims.into_iter().map(|claim| (claim, route)));
             self.accept(object, route);
             self.snapshot.routes.push(compiled);
         }
@@ -432,6 +602,8 @@ impl Compiler<'_> {
         let spec = &route.spec;
         let mut invalid = Vec::new();
 
+        let hosts = normalize_hosts(&spec.hosts);
+        invalid.extend(public_suffix_wildcards(&spec.hosts));
         let path_prefix = normalize_prefix(
             spec.path_prefix
                 .clone()
@@ -448,7 +620,7 @@ impl Compiler<'_> {
                 }
             },
             (None, Some(allowlist)) => Some(Destination::Allowlist {
-                allowlist: format!("{ns}/{allowlist}"),
+                allowlist: ref_key(ns, allowlist),
             }),
             _ => {
                 invalid.push(problem("spec", "set exactly one of upstream or allowlistRef"));
@@ -474,19 +646,16 @@ impl Compiler<'_> {
 
         let mut refs = Vec::new();
         let mut reason = reasons::REF_NOT_FOUND;
+        // `present` answers whether the referenced resource is served and, if so, whom it is
+        // shared with; a reference into another namespace needs that namespace's consent.
+        let labels = &self.namespace_labels;
         let mut resolve = |field: &str,
                            name: &Option<String>,
                            kind: Kind,
-                           present: &dyn Fn(&str) -> bool|
+                           present: &dyn Fn(&str) -> Option<Option<AllowedNamespaces>>|
          -> Option<String> {
-            let name = name.as_ref()?;
-            if name.contains('/') {
-                reason = reasons::REF_NOT_PERMITTED;
-                refs.push(problem(field, format!("{name:?} points outside namespace {ns}: a route may only reference a {} in its own namespace; create one in {ns}", kind.as_str())));
-                return None;
-            }
-            let key = format!("{ns}/{name}");
-            if !present(&key) {
+            let key = ref_key(ns, name.as_ref()?);
+            let Some(allowed) = present(&key) else {
                 refs.push(problem(
                     field,
                     format!(
@@ -494,6 +663,14 @@ impl Compiler<'_> {
                         kind.as_str()
                     ),
                 ));
+                return Some(key);
+            };
+            let owner = key.split_once('/').map_or(ns, |(owner, _)| owner);
+            if owner != ns
+                && let Err(why) = permits(allowed.as_ref(), ns, labels)
+            {
+                reason = reasons::REF_NOT_PERMITTED;
+                refs.push(problem(field, format!("{} {key} {why}", kind.as_str())));
             }
             Some(key)
         };
@@ -502,19 +679,19 @@ impl Compiler<'_> {
             "spec.cookieTranslationRef",
             &spec.cookie_translation_ref,
             Kind::CookieTranslation,
-            &|k| snap.cookie_translations.contains_key(k),
+            &|k| snap.cookie_translations.get(k).map(|s| s.allowed_namespaces.clone()),
         );
         let session_chain = resolve(
             "spec.sessionChainRef",
             &spec.session_chain_ref,
             Kind::SessionChainPolicy,
-            &|k| snap.session_policies.contains_key(k),
+            &|k| snap.session_policies.get(k).map(|s| s.allowed_namespaces.clone()),
         );
         resolve(
             "spec.allowlistRef",
             &spec.allowlist_ref,
             Kind::ExternalAllowlist,
-            &|k| snap.allowlists.contains_key(k),
+            &|k| snap.allowlists.get(k).map(|s| s.allowed_namespaces.clone()),
         );
         let vault_rules: Vec<String> = spec
             .vault_rule_refs
@@ -525,7 +702,7 @@ impl Compiler<'_> {
                     &format!("spec.vaultRuleRefs[{i}]"),
                     &Some(r.clone()),
                     Kind::TokenVaultRule,
-                    &|k| snap.vault_rules.contains_key(k),
+                    &|k| snap.vault_rules.get(k).map(|s| s.allowed_namespaces.clone()),
                 )
             })
             .collect();
@@ -581,6 +758,7 @@ impl Compiler<'_> {
 
         Ok(Route {
             id: id.to_string(),
+            hosts,
             path_prefix,
             methods: spec.methods.iter().map(|m| m.as_str().to_string()).collect(),
             destination,
@@ -688,7 +866,7 @@ impl Compiler<'_> {
         if let Some(list) = spec
             .allowlist_ref
             .as_ref()
-            .and_then(|name| self.snapshot.allowlists.get(&format!("{ns}/{name}")))
+            .and_then(|name| self.snapshot.allowlists.get(&ref_key(ns, name)))
         {
             allow.push(&list.target_url_header);
         }
@@ -885,8 +1063,9 @@ impl Compiler<'_> {
     }
 }
 
-/// Why `loser` may not have `prefix`: `winner` has it, and which rule decided.
-fn conflict_message(prefix: &str, loser: &ProxyRoute, winner: &ProxyRoute) -> String {
+/// Why `loser` may not have `prefix` on `host` (`None`: any host): `winner` has it, and which
+/// rule decided.
+fn conflict_message(prefix: &str, host: Option<&str>, loser: &ProxyRoute, winner: &ProxyRoute) -> String {
     let id = |r: &ProxyRoute| format!("{}/{}", namespace_of(r), r.name_any());
     let written = loser.spec.path_prefix.as_deref().unwrap_or(prefix);
     let same = if written == prefix {
@@ -900,10 +1079,79 @@ fn conflict_message(prefix: &str, loser: &ProxyRoute, winner: &ProxyRoute) -> St
         (Some(_), None) => "which already exists in the cluster",
         _ => "which comes first by namespace/name as neither is older",
     };
+    let (on, fix) = match host {
+        Some(host) => (format!(" on host {host}"), "choose another pathPrefix or host"),
+        None => (String::new(), "choose another pathPrefix"),
+    };
     format!(
-        "path prefix {written}{same} is already served by ProxyRoute {}, {why}; choose another pathPrefix",
+        "path prefix {written}{same}{on} is already served by ProxyRoute {}, {why}; {fix}",
         id(winner)
     )
+}
+
+/// The `namespace/name` key of a reference written in namespace `ns`: `name` means one in `ns`,
+/// `other/name` one shared from `other`.
+fn ref_key(ns: &str, name: &str) -> String {
+    if name.contains('/') {
+        name.to_string()
+    } else {
+        format!("{ns}/{name}")
+    }
+}
+
+/// The label every namespace carries with its own name (set by the API server), so a selector
+/// can name namespaces; added here too, so `check` and standalone mode agree with the cluster.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+fn namespace_labels(namespaces: &[Namespace]) -> HashMap<String, BTreeMap<String, String>> {
+    namespaces
+        .iter()
+        .map(|n| {
+            let name = n.name_any();
+            let mut labels = n.labels().clone();
+            labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
+            (name, labels)
+        })
+        .collect()
+}
+
+/// Whether a resource shared as `allowed` (`None`: `from: Same`) may be referenced from namespace
+/// `from`; if not, the rest of a sentence saying why and what to change.
+fn permits(
+    allowed: Option<&AllowedNamespaces>,
+    from: &str,
+    labels: &HashMap<String, BTreeMap<String, String>>,
+) -> Result<(), String> {
+    let same = AllowedNamespaces::default();
+    let allowed = allowed.unwrap_or(&same);
+    match (allowed.from, &allowed.selector) {
+        (NamespacesFrom::All, _) => Ok(()),
+        (NamespacesFrom::Selector, Some(selector)) => {
+            let only_name = BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), from.to_string())]);
+            if selector.selects(labels.get(from).unwrap_or(&only_name)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "is shared only with namespaces matching its spec.allowedNamespaces.selector, and namespace {from} does not match; ask its owners to widen the selector, or label namespace {from} to match it"
+                ))
+            }
+        }
+        _ => Err(format!(
+            "is not shared with other namespaces (its spec.allowedNamespaces.from is Same); ask its owners to set allowedNamespaces to from: All, or from: Selector with a selector matching namespace {from}, or create one in {from}"
+        )),
+    }
+}
+
+/// Hosts as the proxy compares them: lower case, no trailing dot (`Example.COM.` is
+/// `example.com`), sorted and without duplicates, so equal sets compile to equal snapshots.
+fn normalize_hosts(hosts: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = hosts
+        .iter()
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn duration_or(value: &Option<String>, default: u64, field: &str, problems: &mut Vec<Problem>) -> u64 {
@@ -961,6 +1209,27 @@ const RESERVED_TARGET_HEADERS: [&str; 8] = [
     "x-forwarded-host",
 ];
 
+/// `spec.hosts` wildcards as wide as a public suffix (`*.com`, `*.co.uk`): names owned by many
+/// different parties, which neither an allowlist nor a route ever means to cover.
+fn public_suffix_wildcards(hosts: &[String]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let Some(domain) = host.strip_prefix("*.") else {
+            continue;
+        };
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if psl::suffix(domain.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == domain.as_bytes()) {
+            problems.push(problem(
+                &format!("spec.hosts[{i}]"),
+                format!(
+                    "{host} would match every domain under the public suffix {domain}, owned by many different parties; name a domain registered under it, e.g. *.example.{domain}"
+                ),
+            ));
+        }
+    }
+    problems
+}
+
 /// What CEL cannot say about an allowlist: wildcards as wide as a public suffix (checked against
 /// the public-suffix list), and `allowCidrs` that are not clean, narrow networks. Served
 /// allowlists that open private ranges say so in their `Ready` message.
@@ -975,20 +1244,7 @@ fn check_allowlist(spec: &ExternalAllowlistSpec, checks: &mut Checks) {
             ),
         ));
     }
-    for (i, host) in spec.hosts.iter().enumerate() {
-        let Some(domain) = host.strip_prefix("*.") else {
-            continue;
-        };
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        if psl::suffix(domain.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == domain.as_bytes()) {
-            checks.invalid.push(problem(
-                &format!("spec.hosts[{i}]"),
-                format!(
-                    "{host} would match every domain under the public suffix {domain}, owned by many different parties; name a domain registered under it, e.g. *.example.{domain}"
-                ),
-            ));
-        }
-    }
+    checks.invalid.extend(public_suffix_wildcards(&spec.hosts));
     let mut opened = Vec::new();
     for (i, raw) in spec.allow_cidrs.iter().enumerate() {
         let field = format!("spec.allowCidrs[{i}]");

@@ -80,13 +80,13 @@ fn read_document(out: &mut Parsed, at: &str, value: Value) {
         .to_string();
     let keygate = api_version.starts_with(GROUP_PREFIX);
     let kind = match Kind::from_kind(&kind_name) {
-        Some(Kind::Secret) if api_version == "v1" => Kind::Secret,
-        Some(k) if keygate && k != Kind::Secret => k,
+        Some(k) if k.is_core() && api_version == "v1" => k,
+        Some(k) if keygate && !k.is_core() => k,
         _ if keygate => {
             out.problems.push(ParseProblem {
                 subject: at.to_string(),
                 field: "kind".into(),
-                message: format!("{kind_name:?} is not a Keygate kind; use ProxyRoute, CookieTranslation, ExternalAllowlist, TokenVaultRule or SessionChainPolicy"),
+                message: format!("{kind_name:?} is not a Keygate kind; use ProxyRoute, CookieTranslation, ExternalAllowlist, TokenVaultRule, SessionChainPolicy or KeygateDelegation"),
             });
             return;
         }
@@ -134,6 +134,8 @@ fn read_document(out: &mut Parsed, at: &str, value: Value) {
         Kind::TokenVaultRule => typed(value, &subject).map(|v| r.vault_rules.push(v)),
         Kind::SessionChainPolicy => typed(value, &subject).map(|v| r.session_policies.push(v)),
         Kind::Secret => typed(value, &subject).map(|v| r.secrets.push(v)),
+        Kind::Namespace => typed(value, &subject).map(|v| r.namespaces.push(v)),
+        Kind::KeygateDelegation => typed(value, &subject).map(|v| r.delegations.push(v)),
     };
     if let Err(p) = problems {
         out.problems.extend(p);

@@ -14,7 +14,9 @@ pub mod reasons {
     pub const INVALID: &str = "Invalid";
     /// A referenced Keygate resource does not exist or is not ready.
     pub const REF_NOT_FOUND: &str = "RefNotFound";
-    /// A reference points outside the resource's namespace.
+    /// A route claims a host or prefix no `KeygateDelegation` grants its namespace.
+    pub const NOT_PERMITTED: &str = "NotPermitted";
+    /// A reference into another namespace that the referenced resource does not admit.
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
     /// A referenced Secret or Secret key does not exist or is unusable.
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
@@ -24,7 +26,7 @@ pub mod reasons {
     pub const SNAPSHOT_TOO_LARGE: &str = "SnapshotTooLarge";
 }
 
-/// The five kinds, plus Secrets (which only appear in parse problems).
+/// The five kinds, plus Secrets and Namespaces (which only appear in parse problems).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     /// `ProxyRoute`
@@ -37,8 +39,12 @@ pub enum Kind {
     TokenVaultRule,
     /// `SessionChainPolicy`
     SessionChainPolicy,
+    /// `KeygateDelegation` (cluster-scoped)
+    KeygateDelegation,
     /// core `Secret`
     Secret,
+    /// core `Namespace`, read for its labels
+    Namespace,
 }
 
 impl Kind {
@@ -50,8 +56,15 @@ impl Kind {
             Kind::ExternalAllowlist => "ExternalAllowlist",
             Kind::TokenVaultRule => "TokenVaultRule",
             Kind::SessionChainPolicy => "SessionChainPolicy",
+            Kind::KeygateDelegation => "KeygateDelegation",
             Kind::Secret => "Secret",
+            Kind::Namespace => "Namespace",
         }
+    }
+
+    /// Whether this is a core (`v1`) kind rather than a Keygate one.
+    pub fn is_core(self) -> bool {
+        matches!(self, Kind::Secret | Kind::Namespace)
     }
 
     /// Parses a `kind:` value.
@@ -62,7 +75,9 @@ impl Kind {
             Kind::ExternalAllowlist,
             Kind::TokenVaultRule,
             Kind::SessionChainPolicy,
+            Kind::KeygateDelegation,
             Kind::Secret,
+            Kind::Namespace,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)
@@ -82,7 +97,11 @@ pub struct ObjectRef {
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.kind.as_str(), self.namespace, self.name)
+        // Cluster-scoped kinds have no namespace to name.
+        match self.namespace.as_str() {
+            "" => write!(f, "{}/{}", self.kind.as_str(), self.name),
+            ns => write!(f, "{}/{ns}/{}", self.kind.as_str(), self.name),
+        }
     }
 }
 

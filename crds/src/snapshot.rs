@@ -36,7 +36,7 @@ pub fn secret_id(namespace: &str, name: &str, key: &str) -> SecretId {
 pub struct Snapshot {
     /// [`SNAPSHOT_FORMAT`] of the producer.
     pub format: u32,
-    /// Routes, sorted by path prefix.
+    /// Routes, sorted by path prefix, then id.
     pub routes: Vec<Route>,
     /// Cookie translations by `namespace/name`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -76,6 +76,10 @@ impl Snapshot {
 pub struct Route {
     /// `namespace/name` of the `ProxyRoute`; the `route` label in metrics and errors.
     pub id: String,
+    /// Lower-case host names (`api.example.com`) and wildcards (`*.example.com`), without
+    /// trailing dots, sorted; empty serves any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// Normalized prefix: starts with `/`, no trailing `/` except for the root.
     pub path_prefix: String,
     /// Upper-case methods; empty allows all.

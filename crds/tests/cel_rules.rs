@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::{NS, compile_docs, problem_lines, report, secret, shop};
+use common::{NS, compile_docs, dedent, problem_lines, report, secret, shop};
 use keygate_crds::Kind;
 use keygate_crds::report::reasons;
+use keygate_crds::resources::route::HOSTS_MESSAGE;
 
 /// One valid resource of each kind, named `ok`, and the Secrets they need, so that cases can
 /// reference them.
@@ -124,6 +125,9 @@ fn proxy_route_valid() {
             allowlistRef: ok
             cors: {allowOrigins: ['*']}",
             "
+            hosts: [Shop.Example.com, '*.example.com', 'api.example.com.', 'xn--bcher-kva.example']
+            upstream: https://api.example.com",
+            "
             pathPrefix: /.well-known/a..b;v=1
             upstream: https://api.example.com
             allowEncodedSlashes: true",
@@ -212,6 +216,46 @@ fn proxy_route_rules() {
                 ONE_DESTINATION,
             ),
             ("pathPrefix: /nowhere", "spec", ONE_DESTINATION),
+            (
+                "{upstream: 'https://a.example', hosts: ['shop.example.com:8443']}",
+                "spec.hosts",
+                HOSTS_MESSAGE,
+            ),
+            (
+                "{upstream: 'https://a.example', hosts: ['https://shop.example.com']}",
+                "spec.hosts",
+                HOSTS_MESSAGE,
+            ),
+            (
+                "{upstream: 'https://a.example', hosts: ['shop.example.com/api']}",
+                "spec.hosts",
+                HOSTS_MESSAGE,
+            ),
+            (
+                "{upstream: 'https://a.example', hosts: ['*']}",
+                "spec.hosts",
+                HOSTS_MESSAGE,
+            ),
+            (
+                "{upstream: 'https://a.example', hosts: ['a.*.example.com']}",
+                "spec.hosts",
+                HOSTS_MESSAGE,
+            ),
+            (
+                "{upstream: 'https://a.example', hosts: ['-a.example.com']}",
+                "spec.hosts",
+                HOSTS_MESSAGE,
+            ),
+            (
+                "{upstream: 'https://a.example', hosts: ['']}",
+                "spec.hosts",
+                HOSTS_MESSAGE,
+            ),
+            (
+                "{upstream: 'https://a.example', hosts: ['*.co.uk']}",
+                "spec.hosts[0]",
+                "*.co.uk would match every domain under the public suffix co.uk, owned by many different parties; name a domain registered under it, e.g. *.example.co.uk",
+            ),
             (
                 "{upstream: 'https://a.example', bodyLimit: 0}",
                 "spec.bodyLimit",
@@ -597,4 +641,31 @@ fn session_chain_policy_rules() {
     ];
     let cases: Vec<(&str, &str, &str)> = cases.iter().map(|(s, f, m)| (s.as_str(), *f, *m)).collect();
     assert_refused(Kind::SessionChainPolicy, &cases);
+}
+
+#[test]
+fn allowed_namespaces_rules_on_every_shareable_kind() {
+    const SELECTOR: &str = "from: Selector needs selector, and selector is read only with from: Selector";
+    let field = "spec.allowedNamespaces";
+    for (kind, spec) in [
+        (Kind::CookieTranslation, COOKIE),
+        (Kind::ExternalAllowlist, ALLOWLIST),
+        (Kind::TokenVaultRule, VAULT),
+        (Kind::SessionChainPolicy, CHAIN),
+    ] {
+        let with = |shared: &str| format!("{}\nallowedNamespaces: {shared}", dedent(spec));
+        let valid = [
+            with("{from: All}"),
+            with("{from: Same}"),
+            with("{}"),
+            with("{from: Selector, selector: {matchLabels: {team: a}}}"),
+        ];
+        assert_accepted(kind, &valid.iter().map(String::as_str).collect::<Vec<_>>());
+        let bad = [
+            with("{from: Selector}"),
+            with("{from: All, selector: {matchLabels: {team: a}}}"),
+        ];
+        let cases: Vec<(&str, &str, &str)> = bad.iter().map(|s| (s.as_str(), field, SELECTOR)).collect();
+        assert_refused(kind, &cases);
+    }
 }

@@ -337,8 +337,162 @@ fn references_into_another_namespace_are_not_permitted() {
         "allowlistRef: other/partners",
         reasons::REF_NOT_PERMITTED,
         &[
-            "ProxyRoute/shop/t: spec.allowlistRef: \"other/partners\" points outside namespace shop: a route may only reference a ExternalAllowlist in its own namespace; create one in shop",
+            "ProxyRoute/shop/t: spec.allowlistRef: ExternalAllowlist other/partners is not shared with other namespaces (its spec.allowedNamespaces.from is Same); ask its owners to set allowedNamespaces to from: All, or from: Selector with a selector matching namespace shop, or create one in shop",
         ],
+    );
+}
+
+/// The platform team's shared policies, each shared in another way, and the Secrets they name,
+/// all in namespace `platform`; `shop` is labelled a tenant, `blog` is not.
+fn platform_setup() -> Vec<String> {
+    let platform_secret = |name: &str, data: &str| {
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: platform}}\nstringData: {data}\n")
+    };
+    vec![
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {keygate.dev/tenant: 'true'}}\n".to_string(),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: blog}\n".to_string(),
+        platform_secret("cookie-key", &format!("{{k1: {AES_KEY}}}")),
+        platform_secret("app-keys", &format!("{{web: {APP_KEY}}}")),
+        platform_secret("tokens", &format!("{{tok_1: '{TOKEN}'}}")),
+        doc(
+            "ExternalAllowlist",
+            "platform/partners",
+            "{hosts: ['*.partner.example'], allowedNamespaces: {from: All}}",
+        ),
+        doc(
+            "CookieTranslation",
+            "platform/login",
+            "
+            header: {name: Authorization, template: 'Bearer {token}'}
+            sessionStart: {path: /login/start, tokenPointer: /token}
+            encryptionKeys: [{name: cookie-key, key: k1}]
+            allowedNamespaces: {from: Selector, selector: {matchLabels: {keygate.dev/tenant: 'true'}}}",
+        ),
+        doc(
+            "TokenVaultRule",
+            "platform/cards",
+            "
+            source: {secretRef: {name: tokens}}
+            permissions: [{classification: pci, locations: [body]}]
+            allowedNamespaces:
+              from: Selector
+              selector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [shop, blog]}]}",
+        ),
+        doc(
+            "SessionChainPolicy",
+            "platform/chain",
+            "{createPath: /session, apiKeysSecretRef: {name: app-keys}}",
+        ),
+    ]
+}
+
+#[test]
+fn shared_policies_are_referenced_where_their_owners_allow() {
+    let mut docs = platform_setup();
+    docs.push(route(
+        "shared",
+        "
+        upstream: https://api.example
+        auth: cookie
+        cookieTranslationRef: platform/login
+        vaultRuleRefs: [platform/cards]",
+    ));
+    docs.push(route(
+        "partner",
+        "{pathPrefix: /partner, allowlistRef: platform/partners}",
+    ));
+    docs.push(doc(
+        "ProxyRoute",
+        "blog/cards",
+        "{upstream: 'https://blog.example', vaultRuleRefs: [platform/cards]}",
+    ));
+    let compiled = compile_docs(&docs);
+    assert_eq!(served_routes(&compiled), ["blog/cards", "shop/partner", "shop/shared"]);
+    let shared = compiled.snapshot.routes.iter().find(|r| r.id == "shop/shared").unwrap();
+    assert_eq!(shared.cookie_translation.as_deref(), Some("platform/login"));
+    assert_eq!(shared.vault_rules, ["platform/cards"]);
+    let ids: Vec<&str> = secret_values(&compiled).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        ids,
+        [
+            "platform/app-keys/web",
+            "platform/cookie-key/k1",
+            "platform/tokens/tok_1"
+        ],
+        "the policies' Secrets are read in their own namespace, never the route's"
+    );
+}
+
+#[test]
+fn shared_policies_refuse_namespaces_they_do_not_admit() {
+    let mut docs = platform_setup();
+    docs.push(route(
+        "chain",
+        "{upstream: 'https://a.example', auth: sessionChain, sessionChainRef: platform/chain}",
+    ));
+    docs.push(doc(
+        "ProxyRoute",
+        "blog/login",
+        "{upstream: 'https://a.example', auth: cookie, cookieTranslationRef: platform/login}",
+    ));
+    docs.push(route(
+        "missing",
+        "{upstream: 'https://a.example', vaultRuleRefs: [platform/nope]}",
+    ));
+    let compiled = compile_docs(&docs);
+    assert_eq!(served_routes(&compiled), Vec::<&str>::new());
+    assert_refused(
+        &compiled,
+        Kind::ProxyRoute,
+        "chain",
+        reasons::REF_NOT_PERMITTED,
+        &[
+            "ProxyRoute/shop/chain: spec.sessionChainRef: SessionChainPolicy platform/chain is not shared with other namespaces (its spec.allowedNamespaces.from is Same); ask its owners to set allowedNamespaces to from: All, or from: Selector with a selector matching namespace shop, or create one in shop",
+        ],
+    );
+    let blog = compiled
+        .reports
+        .iter()
+        .find(|r| r.object.namespace == "blog" && r.object.name == "login")
+        .unwrap();
+    assert_eq!(blog.reason, reasons::REF_NOT_PERMITTED);
+    assert_eq!(
+        blog.problem_lines().collect::<Vec<_>>(),
+        [
+            "ProxyRoute/blog/login: spec.cookieTranslationRef: CookieTranslation platform/login is shared only with namespaces matching its spec.allowedNamespaces.selector, and namespace blog does not match; ask its owners to widen the selector, or label namespace blog to match it"
+        ]
+    );
+    assert_refused(
+        &compiled,
+        Kind::ProxyRoute,
+        "missing",
+        reasons::REF_NOT_FOUND,
+        &[
+            "ProxyRoute/shop/missing: spec.vaultRuleRefs[0]: TokenVaultRule platform/nope does not exist or is not Ready; create it or fix the name",
+        ],
+    );
+}
+
+#[test]
+fn a_namespace_label_change_changes_what_is_shared() {
+    let mut docs = platform_setup();
+    docs.push(route(
+        "shared",
+        "{upstream: 'https://a.example', auth: cookie, cookieTranslationRef: platform/login}",
+    ));
+    assert_eq!(served_routes(&compile_docs(&docs)), ["shop/shared"]);
+    docs[0] = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n".to_string();
+    let compiled = compile_docs(&docs);
+    assert_eq!(
+        report(&compiled, Kind::ProxyRoute, "shared").reason,
+        reasons::REF_NOT_PERMITTED
+    );
+    docs.remove(0);
+    let compiled = compile_docs(&docs);
+    assert_eq!(
+        report(&compiled, Kind::ProxyRoute, "shared").reason,
+        reasons::REF_NOT_PERMITTED,
+        "a namespace compile() was not told about has no labels but its name"
     );
 }
 
@@ -476,6 +630,62 @@ fn the_older_route_keeps_a_contested_prefix() {
 }
 
 #[test]
+fn conflicts_are_per_host_and_prefix() {
+    let at = |name: &str, spec: &str, ts: &str| created(route(name, spec), ts);
+    let compiled = compile_docs(&[
+        at(
+            "shop-api",
+            "{hosts: [Shop.Example.com], pathPrefix: /api, upstream: 'https://shop.example'}",
+            "2024-05-01T00:00:00Z",
+        ),
+        at(
+            "blog-api",
+            "{hosts: [blog.example.com], pathPrefix: /api, upstream: 'https://blog.example'}",
+            "2024-05-02T00:00:00Z",
+        ),
+        at(
+            "any-api",
+            "{pathPrefix: /api, upstream: 'https://any.example'}",
+            "2024-05-03T00:00:00Z",
+        ),
+        at(
+            "wild-api",
+            "{hosts: ['*.example.com'], pathPrefix: /api, upstream: 'https://wild.example'}",
+            "2024-05-04T00:00:00Z",
+        ),
+        at(
+            "squatter",
+            "{hosts: [news.example.com, 'shop.example.com.'], pathPrefix: /api/, upstream: 'https://s.example'}",
+            "2024-05-05T00:00:00Z",
+        ),
+    ]);
+    assert_eq!(
+        served_routes(&compiled),
+        ["shop/any-api", "shop/blog-api", "shop/shop-api", "shop/wild-api"]
+    );
+    assert_refused(
+        &compiled,
+        Kind::ProxyRoute,
+        "squatter",
+        reasons::CONFLICT,
+        &[
+            "ProxyRoute/shop/squatter: spec.pathPrefix: path prefix /api/ (the same as /api) on host shop.example.com is already served by ProxyRoute shop/shop-api, which is older; choose another pathPrefix or host",
+        ],
+    );
+    let hosts: Vec<&[String]> = compiled.snapshot.routes.iter().map(|r| r.hosts.as_slice()).collect();
+    assert_eq!(
+        hosts,
+        [
+            &[][..],
+            &["blog.example.com".to_string()],
+            &["shop.example.com".to_string()],
+            &["*.example.com".to_string()]
+        ],
+        "lower case, sorted by prefix then id"
+    );
+}
+
+#[test]
 fn a_route_already_in_the_cluster_beats_one_not_yet_applied() {
     let compiled = compile_docs(&[
         route("local", "{pathPrefix: /api, upstream: 'https://new.example'}"),
@@ -594,6 +804,14 @@ fn the_same_input_in_any_order_gives_the_same_bytes() {
     docs.push(route(
         "z-contender",
         "{pathPrefix: /api/payments, upstream: 'https://b.example'}",
+    ));
+    docs.push(route(
+        "z-host",
+        "{hosts: [a.example.com], pathPrefix: /api/payments, upstream: 'https://b.example'}",
+    ));
+    docs.push(route(
+        "z-host-too",
+        "{hosts: [A.example.com], pathPrefix: /api/payments, upstream: 'https://c.example'}",
     ));
     docs.push(route("dup", "upstream: https://a.example"));
     docs.push(route("dup", "upstream: https://b.example"));
@@ -1028,4 +1246,119 @@ fn an_api_key_secret_without_keys_is_refused() {
             "ProxyRoute/shop/t: spec.apiKey.keysSecretRef: Secret shop/app-keys holds no API key; add one key per app (the key's name is the app's name, its value the app's keys, one per line)"
         ]
     );
+}
+
+/// Problem lines and reason of the route `ns/name`.
+fn route_outcome(compiled: &Compiled, ns: &str, name: &str) -> (&'static str, Vec<String>) {
+    let r = compiled
+        .reports
+        .iter()
+        .find(|r| r.object.kind == Kind::ProxyRoute && r.object.namespace == ns && r.object.name == name)
+        .unwrap_or_else(|| panic!("no report for {ns}/{name}"));
+    (r.reason, r.problem_lines().collect())
+}
+
+fn delegation_setup() -> Vec<String> {
+    vec![
+        doc(
+            "KeygateDelegation",
+            "shop",
+            "{namespaces: [shop], hosts: [shop.example.com, '*.shop.example.com'], pathPrefixes: [/api/]}",
+        ),
+        doc(
+            "KeygateDelegation",
+            "blog",
+            "{namespaces: [blog], hosts: [Blog.example.com]}",
+        ),
+    ]
+}
+
+#[test]
+fn claims_outside_what_is_delegated_are_not_permitted() {
+    let mut docs = delegation_setup();
+    let at = |id: &str, spec: &str| doc("ProxyRoute", id, spec);
+    docs.extend([
+        at(
+            "shop/api",
+            "{hosts: [shop.example.com], pathPrefix: /api/v1, upstream: 'https://a.example'}",
+        ),
+        at(
+            "shop/eu",
+            "{hosts: ['*.eu.shop.example.com', 'x.shop.example.com'], pathPrefix: /api, upstream: 'https://a.example'}",
+        ),
+        at(
+            "shop/squat",
+            "{hosts: [blog.example.com], pathPrefix: /api, upstream: 'https://a.example'}",
+        ),
+        at("shop/anyhost", "{pathPrefix: /api, upstream: 'https://a.example'}"),
+        at(
+            "shop/admin",
+            "{hosts: [shop.example.com], pathPrefix: /apix, upstream: 'https://a.example'}",
+        ),
+        at(
+            "blog/api",
+            "{hosts: [blog.example.com], pathPrefix: /api, upstream: 'https://b.example'}",
+        ),
+        at(
+            "news/api",
+            "{hosts: [news.example.com], pathPrefix: /api, upstream: 'https://n.example'}",
+        ),
+    ]);
+    let compiled = compile_docs(&docs);
+    assert_eq!(served_routes(&compiled), ["blog/api", "shop/eu", "shop/api"]);
+    let shop = "KeygateDelegation shop (hosts: *.shop.example.com, shop.example.com; path prefixes: /api)";
+    for (id, line) in [
+        ("shop/squat", format!("spec.hosts: host blog.example.com with path prefix /api is outside what {shop} delegates to namespace shop; claim a host and prefix within it, or ask the platform team to extend it")),
+        ("shop/anyhost", format!("spec.hosts: path prefix /api on every host (the route sets no hosts) is outside what {shop} delegates to namespace shop; claim a host and prefix within it, or ask the platform team to extend it")),
+        ("shop/admin", format!("spec.pathPrefix: host shop.example.com with path prefix /apix is outside what {shop} delegates to namespace shop; claim a host and prefix within it, or ask the platform team to extend it")),
+        ("news/api", "spec.hosts: host news.example.com with path prefix /api is not delegated: no KeygateDelegation covers namespace news (delegations decide which namespaces may claim which hosts and prefixes); ask the platform team to delegate it".to_string()),
+    ] {
+        let (ns, name) = id.split_once('/').unwrap();
+        assert_eq!(
+            route_outcome(&compiled, ns, name),
+            (reasons::NOT_PERMITTED, vec![format!("ProxyRoute/{id}: {line}")])
+        );
+    }
+}
+
+#[test]
+fn an_invalid_delegation_grants_nothing_rather_than_everything() {
+    let docs = vec![
+        doc("KeygateDelegation", "typo", "{hosts: [shop.example.com]}"),
+        route("api", "{hosts: [shop.example.com], upstream: 'https://a.example'}"),
+    ];
+    let compiled = compile_docs(&docs);
+    assert_eq!(served_routes(&compiled), Vec::<&str>::new());
+    let typo = compiled
+        .reports
+        .iter()
+        .find(|r| r.object.kind == Kind::KeygateDelegation)
+        .unwrap();
+    assert_eq!(typo.reason, reasons::INVALID);
+    assert_eq!(
+        typo.problem_lines().collect::<Vec<_>>(),
+        ["KeygateDelegation/typo: spec: name the namespaces (namespaces) or select them (namespaceSelector)"]
+    );
+    assert_eq!(route_outcome(&compiled, "shop", "api").0, reasons::NOT_PERMITTED);
+}
+
+#[test]
+fn a_delegation_by_namespace_label() {
+    let docs = vec![
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {team: web}}\n".to_string(),
+        doc(
+            "KeygateDelegation",
+            "web",
+            "{namespaceSelector: {matchLabels: {team: web}}, pathPrefixes: [/web]}",
+        ),
+        route("web", "{pathPrefix: /web/shop, upstream: 'https://a.example'}"),
+        doc(
+            "ProxyRoute",
+            "blog/web",
+            "{pathPrefix: /web/blog, upstream: 'https://a.example'}",
+        ),
+    ];
+    let compiled = compile_docs(&docs);
+    assert_eq!(served_routes(&compiled), ["shop/web"]);
+    assert_eq!(route_outcome(&compiled, "blog", "web").0, reasons::NOT_PERMITTED);
 }

@@ -127,7 +127,7 @@ fn keygate_group_with_an_unknown_kind_or_version_is_a_problem() {
     assert_eq!(
         problems("r.yaml", unknown_kind),
         [
-            "r.yaml: document 1: kind: \"ProxyRoot\" is not a Keygate kind; use ProxyRoute, CookieTranslation, ExternalAllowlist, TokenVaultRule or SessionChainPolicy"
+            "r.yaml: document 1: kind: \"ProxyRoot\" is not a Keygate kind; use ProxyRoute, CookieTranslation, ExternalAllowlist, TokenVaultRule, SessionChainPolicy or KeygateDelegation"
         ]
     );
     let unknown_version = route("upstream: https://a.example").replace("keygate.dev/v1alpha1", "keygate.dev/v1");

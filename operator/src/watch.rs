@@ -1,13 +1,16 @@
-//! Watches → index: one reflector store per kind and watched namespace (Secrets included), and a
+//! Watches → index: one reflector store per kind and watched namespace (Secrets included), one for
+//! all Namespaces (their labels decide what is shared), and a
 //! `Notify` poked on every change so the reconcile loop wakes, debounces, and compiles the whole.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use keygate_crds::Resources;
-use keygate_crds::resources::{CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, TokenVaultRule};
+use keygate_crds::resources::{
+    CookieTranslation, ExternalAllowlist, KeygateDelegation, ProxyRoute, SessionChainPolicy, TokenVaultRule,
+};
 use keygate_proxy::source::kube::watch_store;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -24,6 +27,11 @@ pub struct Stores {
     vault_rules: Vec<Store<TokenVaultRule>>,
     session_policies: Vec<Store<SessionChainPolicy>>,
     secrets: Vec<Store<Secret>>,
+    /// Every Namespace, watched cluster-wide even when only some namespaces are: a shared
+    /// policy's `allowedNamespaces.selector` matches on the labels of the referencing one.
+    namespaces: Store<Namespace>,
+    /// Every `KeygateDelegation` (cluster-scoped): they decide what routes may claim.
+    delegations: Store<KeygateDelegation>,
 }
 
 /// Starts the watches. `namespaces` empty means all namespaces.
@@ -35,6 +43,8 @@ pub fn start(client: &Client, namespaces: &[String], notify: &Arc<Notify>) -> St
         vault_rules: spawn_all(client, namespaces, notify),
         session_policies: spawn_all(client, namespaces, notify),
         secrets: spawn_all(client, namespaces, notify),
+        namespaces: watch_store(Api::all(client.clone()), watcher::Config::default(), notify.clone()),
+        delegations: watch_store(Api::all(client.clone()), watcher::Config::default(), notify.clone()),
     }
 }
 
@@ -75,6 +85,9 @@ impl Stores {
             session_policies,
             secrets
         );
+        let _ = self.namespaces.wait_until_ready().await;
+        // Compiling before delegations are known would serve claims they refuse.
+        let _ = self.delegations.wait_until_ready().await;
     }
 
     /// A copy of everything cached, as `compile()` takes it.
@@ -89,6 +102,8 @@ impl Stores {
             vault_rules: all(&self.vault_rules),
             session_policies: all(&self.session_policies),
             secrets: all(&self.secrets),
+            namespaces: all(std::slice::from_ref(&self.namespaces)),
+            delegations: all(std::slice::from_ref(&self.delegations)),
         }
     }
 }

@@ -132,6 +132,9 @@ pub struct Config {
     /// Content hash of the snapshot; the `hash` label of `keygate_config_info`.
     pub hash: String,
     router: Router<Arc<LiveRoute>>,
+    /// The same routes by id: a route now may share its prefix with others on other hosts, so
+    /// the prefix no longer names it (open tunnels look their route up again on each reload).
+    by_id: HashMap<String, Arc<LiveRoute>>,
     client_keys: Vec<ClientKey>,
     /// Vault rules and their tokenize endpoints.
     pub vault: crate::vault::Vaults,
@@ -168,10 +171,11 @@ impl Config {
             if !client_keys.contains(&key) {
                 client_keys.push(key);
             }
-            entries.push((route.path_prefix.clone(), Arc::new(live)));
+            entries.push((route.hosts.clone(), route.path_prefix.clone(), Arc::new(live)));
         }
         Ok(Config {
             hash,
+            by_id: entries.iter().map(|(_, _, r)| (r.spec.id.clone(), r.clone())).collect(),
             router: Router::new(entries),
             client_keys,
             vault,
@@ -179,9 +183,14 @@ impl Config {
         })
     }
 
-    /// The route serving `path`.
-    pub fn route(&self, path: &str) -> Option<&Arc<LiveRoute>> {
-        self.router.lookup(path)
+    /// The route serving `path` on `host` (see [`crate::router::request_host`]).
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<LiveRoute>> {
+        self.router.lookup(host, path)
+    }
+
+    /// The route whose `ProxyRoute` is `id` (`namespace/name`).
+    pub fn route_by_id(&self, id: &str) -> Option<&Arc<LiveRoute>> {
+        self.by_id.get(id)
     }
 
     /// The session-chain policy whose create path is exactly `path`; checked before routing.

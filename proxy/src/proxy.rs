@@ -92,7 +92,8 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, conn: Conne
         .cloned();
     // The route whose prefix covers the path; Keygate's own endpoints take its CORS rules, so a
     // page on another origin can create a session.
-    let covering = config.as_ref().and_then(|c| c.route(path)).cloned();
+    let host = crate::router::request_host(&req);
+    let covering = config.as_ref().and_then(|c| c.route(host.as_deref(), path)).cloned();
     let own = endpoint.is_some() || create.is_some();
     let route = covering.clone().filter(|_| !own);
     // Encoded slashes are the one spelling a route may opt in to; Keygate's own endpoints never do.

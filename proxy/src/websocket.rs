@@ -149,7 +149,7 @@ impl Terms {
     /// True while `config` serves the route as the tunnel was opened: same spec, same secrets.
     fn hold_in(&self, config: &Config) -> bool {
         config
-            .route(&self.spec.path_prefix)
+            .route_by_id(&self.spec.id)
             .is_some_and(|r| r.spec == self.spec && r.inject == self.inject)
     }
 }

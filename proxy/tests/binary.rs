@@ -321,6 +321,49 @@ fn check_names_each_bad_resource_field_and_fix() {
 }
 
 #[test]
+fn check_applies_host_rules_offline() {
+    let hosts = |h: &str| format!("  hosts: [{h}]");
+    let good = route_yaml("shop", "/api", "https://shop.example.com", &hosts("shop.example.com"))
+        + &route_yaml("blog", "/api", "https://blog.example.com", &hosts("blog.example.com"));
+    let bad = route_yaml("zsquat", "/api", "https://s.example.com", &hosts("SHOP.example.com"))
+        + &route_yaml("ported", "/p", "https://p.example.com", &hosts("'p.example.com:8443'"));
+    let (code, out, err) = check(&[("a-good.yaml", &good), ("b-bad.yaml", &bad)]);
+    assert_eq!(code, 1, "{out}{err}");
+    for line in [
+        "ProxyRoute/default/zsquat: spec.pathPrefix: path prefix /api on host shop.example.com is already served by ProxyRoute default/shop",
+        "ProxyRoute/default/ported: spec.hosts: hosts entries must be DNS names",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(line)), "missing {line:?} in:\n{out}");
+    }
+    assert!(
+        !out.contains("default/blog:"),
+        "another host's /api is no conflict: {out}"
+    );
+}
+
+#[test]
+fn check_applies_delegations_and_sharing_from_the_folder() {
+    let platform = "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {tenant: 'yes'}}\n---
+apiVersion: keygate.dev/v1alpha1\nkind: KeygateDelegation\nmetadata: {name: apps}
+spec: {namespaces: [default], hosts: [shop.example.com]}\n---
+apiVersion: keygate.dev/v1alpha1\nkind: ExternalAllowlist\nmetadata: {name: partners, namespace: platform}
+spec: {hosts: [api.partner.example], allowedNamespaces: {from: Selector, selector: {matchLabels: {tenant: 'yes'}}}}\n---\n";
+    let routes = route_yaml("shop", "/api", "https://a.example.com", "  hosts: [shop.example.com]")
+        + "apiVersion: keygate.dev/v1alpha1\nkind: ProxyRoute\nmetadata: {name: partner}\nspec: {hosts: [shop.example.com], pathPrefix: /partner, allowlistRef: platform/partners}\n---\n"
+        + &route_yaml("blog", "/api", "https://b.example.com", "  hosts: [blog.example.com]");
+    let (code, out, err) = check(&[("platform.yaml", platform), ("routes.yaml", &routes)]);
+    assert_eq!(code, 1, "{out}{err}");
+    let refused: Vec<&str> = out.lines().filter(|l| l.starts_with("ProxyRoute/")).collect();
+    assert_eq!(
+        refused,
+        [
+            "ProxyRoute/default/blog: spec.hosts: host blog.example.com with path prefix /api is outside what KeygateDelegation apps (hosts: shop.example.com; path prefixes: any) delegates to namespace default; claim a host and prefix within it, or ask the platform team to extend it"
+        ],
+        "the shared allowlist admits the labelled namespace; only the undelegated host is refused"
+    );
+}
+
+#[test]
 fn check_refuses_a_missing_folder() {
     let out = Command::new(BIN)
         .args(["check", "-f", "/nonexistent/keygate"])

@@ -337,3 +337,32 @@ async fn client_disconnect_cancels_the_upstream_request() {
         "the upstream had received the request before the client left"
     );
 }
+
+#[tokio::test]
+async fn two_apps_on_different_hosts_both_serve_api() {
+    let (shop, blog, fallback) = (Upstream::ok().await, Upstream::ok().await, Upstream::ok().await);
+    let proxy = Proxy::start(
+        &(route_yaml("shop", "/api", &shop.url(), "  hosts: [shop.example.com]")
+            + &route_yaml("blog", "/api", &blog.url(), "  hosts: ['*.blog.example']")
+            + &route_yaml("health", "/health", &fallback.url(), "")),
+    )
+    .await;
+    let on = |host: &'static str, path: &'static str| {
+        let url = proxy.url(path);
+        async move { get(&url, &[("host", host)]).await }
+    };
+    assert_eq!(on("Shop.Example.COM:8080", "/api/orders").await.status, StatusCode::OK);
+    assert_eq!(shop.last().uri, "/orders");
+    assert_eq!(on("eu.blog.example.", "/api/posts").await.status, StatusCode::OK);
+    assert_eq!(blog.last().uri, "/posts");
+    assert_eq!((shop.count(), blog.count()), (1, 1), "each host reached its own app");
+    let other = on("other.example", "/api/x").await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    assert_eq!(other.error_code(), "ROUTE_NOT_FOUND");
+    assert_eq!(
+        on("shop.example.com", "/health").await.status,
+        StatusCode::OK,
+        "a route for any host serves what no host-specific route does"
+    );
+    assert_eq!(fallback.count(), 1);
+}

@@ -58,6 +58,11 @@ pub struct ExternalAllowlistSpec {
     #[schemars(length(max = 32), inner(length(min = 1, max = 64)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("allowCidrs entries must be CIDRs like 10.1.0.0/16 or fd00::/64"))]
     pub allow_cidrs: Vec<String>,
+    /// Which namespaces' routes may reference this resource (as `namespace/name`). Default:
+    /// only its own. The resource's Secrets stay in its own namespace whoever references it, so
+    /// sharing never hands a Secret to another namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<super::common::AllowedNamespaces>,
 }
 
 fn default_target_header() -> String {

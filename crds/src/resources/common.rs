@@ -1,5 +1,8 @@
 //! Types every Keygate resource shares: status, conditions, references to Secrets, durations.
 
+use std::collections::BTreeMap;
+
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +59,95 @@ pub struct SecretRef {
     /// Name of the Secret, in the same namespace as the resource.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+}
+
+/// Which namespaces may reference a shared resource, in the shape of Gateway API's
+/// `allowedRoutes.namespaces`, which platform teams already know.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.from == 'Selector' ? has(self.selector) : !has(self.selector)").message("from: Selector needs selector, and selector is read only with from: Selector"))]
+pub struct AllowedNamespaces {
+    /// `Same` (default): only this namespace; `All`: every namespace; `Selector`: namespaces
+    /// whose labels match `selector`.
+    #[serde(default)]
+    pub from: NamespacesFrom,
+    /// Labels of the namespaces allowed with `from: Selector`, e.g.
+    /// `matchLabels: {keygate.dev/tenant: "true"}`. Every namespace carries
+    /// `kubernetes.io/metadata.name: <its name>`, so namespaces can also be named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<NamespaceSelector>,
+}
+
+/// A label selector over namespaces, as Kubernetes' `LabelSelector`, with the sizes bounded so
+/// the API server can bound the cost of CEL rules. Every `matchLabels` pair and every
+/// `matchExpressions` requirement must hold; an empty selector selects every namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceSelector {
+    /// Labels a namespace must carry with exactly these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63}))]
+    pub match_labels: BTreeMap<String, String>,
+    /// Requirements on a namespace's labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub match_expressions: Vec<SelectorRequirement>,
+}
+
+/// One requirement of a [`NamespaceSelector`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelectorRequirement {
+    /// The label's key, e.g. `keygate.dev/tenant`.
+    #[schemars(length(min = 1, max = 317))]
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    pub operator: SelectorOperator,
+    /// Values for `In` and `NotIn`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 63)))]
+    pub values: Vec<String>,
+}
+
+/// How a [`SelectorRequirement`] compares a label.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SelectorOperator {
+    /// The label's value is one of `values`.
+    In,
+    /// The label is missing or its value is none of `values`.
+    NotIn,
+    /// The label is present.
+    Exists,
+    /// The label is missing.
+    DoesNotExist,
+}
+
+impl NamespaceSelector {
+    /// Whether a namespace with `labels` is selected.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| {
+                let value = labels.get(&e.key);
+                match e.operator {
+                    SelectorOperator::In => value.is_some_and(|v| e.values.contains(v)),
+                    SelectorOperator::NotIn => value.is_none_or(|v| !e.values.contains(v)),
+                    SelectorOperator::Exists => value.is_some(),
+                    SelectorOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
+/// Where references to a shared resource may come from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum NamespacesFrom {
+    /// Only the resource's own namespace.
+    #[default]
+    Same,
+    /// Every namespace.
+    All,
+    /// Namespaces whose labels match `selector`.
+    Selector,
 }
 
 /// The CEL rule every duration field carries, and the pattern `compile` parses.

@@ -58,6 +58,11 @@ pub struct CookieTranslationSpec {
     /// Redis URL (`redis://` or `rediss://`, password included) for `store: redis`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<SecretKeyRef>,
+    /// Which namespaces' routes may reference this resource (as `namespace/name`). Default:
+    /// only its own. The resource's Secrets stay in its own namespace whoever references it, so
+    /// sharing never hands a Secret to another namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<super::common::AllowedNamespaces>,
 }
 
 fn default_store() -> StoreKind {

@@ -10,6 +10,7 @@ macro_rules! token_re {
 pub mod allowlist;
 pub mod common;
 pub mod cookie;
+pub mod delegation;
 pub mod route;
 pub mod session;
 pub mod vault;
@@ -17,6 +18,7 @@ pub mod vault;
 pub use allowlist::{ExternalAllowlist, ExternalAllowlistSpec};
 pub use common::{Condition, SecretKeyRef, SecretRef, Status};
 pub use cookie::{CookieTranslation, CookieTranslationSpec};
+pub use delegation::{KeygateDelegation, KeygateDelegationSpec};
 pub use route::{ProxyRoute, ProxyRouteSpec};
 pub use session::{SessionChainPolicy, SessionChainPolicySpec};
 pub use vault::{TokenVaultRule, TokenVaultRuleSpec};
@@ -24,7 +26,7 @@ pub use vault::{TokenVaultRule, TokenVaultRuleSpec};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-/// The CRDs of all five kinds, in a fixed order.
+/// The CRDs of all six kinds, in a fixed order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         ProxyRoute::crd(),
@@ -32,6 +34,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ExternalAllowlist::crd(),
         TokenVaultRule::crd(),
         SessionChainPolicy::crd(),
+        KeygateDelegation::crd(),
     ]
 }
 

@@ -19,6 +19,7 @@ use super::common::{SecretKeyRef, SecretRef, Status};
     shortname = "kgroute",
     category = "keygate",
     doc = "A path prefix on the Keygate proxy, the upstream it forwards to, and what happens on the way.",
+    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
     printcolumn = r#"{"name":"Prefix","type":"string","jsonPath":".spec.pathPrefix"}"#,
     printcolumn = r#"{"name":"Upstream","type":"string","jsonPath":".spec.upstream"}"#,
     printcolumn = r#"{"name":"Auth","type":"string","jsonPath":".spec.auth"}"#,
@@ -32,6 +33,16 @@ use super::common::{SecretKeyRef, SecretRef, Status};
 #[x_kube(validation = Rule::new("self.auth != 'apiKey' || has(self.apiKey)").message("auth: apiKey needs the apiKey block (header and keysSecretRef)"))]
 #[x_kube(validation = Rule::new("self.auth != 'sessionChain' || has(self.sessionChainRef)").message("auth: sessionChain needs sessionChainRef"))]
 pub struct ProxyRouteSpec {
+    /// Host names this route serves: exact (`api.example.com`) or a wildcard over every name
+    /// below a domain (`*.example.com` matches `a.example.com` and `a.b.example.com`, not
+    /// `example.com`). Case-insensitive; the request's port is ignored. A request is matched on
+    /// host first (exact before wildcard, longer wildcard before shorter), then on the longest
+    /// prefix; routes without `hosts` serve any host and take what no host-specific route does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    #[x_kube(validation = Rule::new(HOSTS_RULE).message(HOSTS_MESSAGE))]
+    pub hosts: Vec<String>,
+
     /// Requests whose path starts with this prefix (at a `/` boundary) take this route; the
     /// longest matching prefix wins. Defaults to `/<namespace>/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,8 +65,10 @@ pub struct ProxyRouteSpec {
 
     /// Name of an `ExternalAllowlist` in this namespace: the client names the destination in the
     /// allowlist's header and Keygate checks it. Exclusive with `upstream`.
+    /// `namespace/name` names one shared from another namespace (its `allowedNamespaces` must
+    /// admit this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 317))]
     pub allowlist_ref: Option<String>,
 
     /// Remove `pathPrefix` from the path before appending it to the upstream URL. Default true.
@@ -136,24 +149,36 @@ pub struct ProxyRouteSpec {
     pub api_key: Option<ApiKeyAuth>,
 
     /// Name of a `CookieTranslation` in this namespace: its cookie becomes the upstream's auth header.
+    /// `namespace/name` names one shared from another namespace (its `allowedNamespaces` must
+    /// admit this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 317))]
     pub cookie_translation_ref: Option<String>,
 
     /// Name of a `SessionChainPolicy` in this namespace: requests must carry the next chain link.
+    /// `namespace/name` names one shared from another namespace (its `allowedNamespaces` must
+    /// admit this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 317))]
     pub session_chain_ref: Option<String>,
 
     /// Names of `TokenVaultRule`s in this namespace whose `{{token}}` expressions are swapped here.
+    /// `namespace/name` names one shared from another namespace (its `allowedNamespaces` must
+    /// admit this one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 317)))]
     pub vault_rule_refs: Vec<String>,
 
     /// Request rate limit for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
 }
+
+/// A DNS name of letters, digits and `-` labels, optionally behind one leading `*.`: ports,
+/// paths, IP literals and a bare `*` are refused (one host name per entry, matched without port).
+pub const HOSTS_RULE: &str = r"self.all(h, h.matches('^([*][.])?[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?([.][A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*[.]?$'))";
+/// What a person reads when a `hosts` entry is malformed.
+pub const HOSTS_MESSAGE: &str = "hosts entries must be DNS names like api.example.com or wildcards like *.example.com, without scheme, port or path (the request's port is ignored)";
 
 fn default_true() -> bool {
     true

@@ -65,6 +65,11 @@ pub struct SessionChainPolicySpec {
     /// derived from. Every replica derives the same keys, so nothing extra is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain_key_secret_ref: Option<SecretKeyRef>,
+    /// Which namespaces' routes may reference this resource (as `namespace/name`). Default:
+    /// only its own. The resource's Secrets stay in its own namespace whoever references it, so
+    /// sharing never hands a Secret to another namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<super::common::AllowedNamespaces>,
 }
 
 fn default_ttl() -> String {

@@ -46,6 +46,11 @@ pub struct TokenVaultRuleSpec {
     /// data as new tokens of this rule without the data passing through the browser.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenize_endpoint: Option<TokenizeEndpoint>,
+    /// Which namespaces' routes may reference this resource (as `namespace/name`). Default:
+    /// only its own. The resource's Secrets stay in its own namespace whoever references it, so
+    /// sharing never hands a Secret to another namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<super::common::AllowedNamespaces>,
 }
 
 fn default_max_tokens() -> i64 {

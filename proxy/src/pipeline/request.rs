@@ -212,7 +212,7 @@ mod tests {
             test_route(serde_json::json!({"stripPrefix": false})),
             test_route(serde_json::json!({"allowEncodedSlashes": true})),
         ];
-        let router = Router::new([("/r".to_string(), ())]);
+        let router = Router::new([(Vec::new(), "/r".to_string(), ())]);
         let (mut served, mut refused) = (0, 0);
         for seed in 0..20_000u64 {
             let mut rng = crate::test_rng::Rng::seeded(seed);
@@ -222,7 +222,7 @@ mod tests {
                 refused += 1;
                 continue;
             };
-            if router.lookup(&n.path).is_none() {
+            if router.lookup(None, &n.path).is_none() {
                 continue;
             }
             let canonical: Uri = match uri.query() {
