@@ -513,6 +513,7 @@ async fn server_side_tokens_on_redis_are_shared_by_replicas_and_sealed() {
     let server = RedisServer::start_with(RedisOptions {
         password: Some("redis-pw-cookie-test".into()),
         tls: None,
+        ..Default::default()
     });
     let up = api(TOKEN.into()).await;
     let store = "  storage: server\n  store: redis\n  redisUrl: {name: cookie-keys, key: redis}\n  encryptionKeys: [{name: cookie-keys, key: a}]";

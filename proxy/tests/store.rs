@@ -129,6 +129,7 @@ async fn redis_outage_fails_fast_and_heals_without_a_restart() {
     let mut redis = RedisServer::start_with(RedisOptions {
         password: Some("s3cret-redis-pass".into()),
         tls: None,
+        ..Default::default()
     });
     let store = RedisStore::open(&redis.url(), None).unwrap();
     store.set("k", b"v", None).await.unwrap();
@@ -175,6 +176,7 @@ async fn redis_over_tls() {
     let redis = RedisServer::start_with(RedisOptions {
         password: Some("tls-pass".into()),
         tls: Some((cert_path, key_path)),
+        ..Default::default()
     });
     assert!(redis.url().starts_with("rediss://"));
 
