@@ -8,7 +8,7 @@ use std::time::Duration;
 use keygate_proxy::store::redis::RedisStore;
 use keygate_proxy::store::{Store, StoreError, Stores, Take};
 use keygate_tests::logs;
-use keygate_tests::redis::{RedisOptions, RedisServer};
+use keygate_tests::redis::{RedisCluster, RedisOptions, RedisServer, SentinelGroup, cli, wait_until};
 
 /// What every store must do; run against each kind.
 async fn contract(s: &dyn Store) {
@@ -99,6 +99,77 @@ async fn redis_store_keeps_the_contract_across_instances() {
     let a: Arc<dyn Store> = Arc::new(RedisStore::open(&redis.url(), None).unwrap());
     let b: Arc<dyn Store> = Arc::new(RedisStore::open(&redis.url(), None).unwrap());
     one_winner(&[a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_store_keeps_the_contract_across_instances() {
+    let group = tokio::task::spawn_blocking(|| SentinelGroup::start("contract-pw"))
+        .await
+        .unwrap();
+    contract(&RedisStore::open(&group.url(), None).unwrap()).await;
+    let a: Arc<dyn Store> = Arc::new(RedisStore::open(&group.url(), None).unwrap());
+    let b: Arc<dyn Store> = Arc::new(RedisStore::open(&group.url(), None).unwrap());
+    one_winner(&[a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_store_keeps_the_contract_across_instances() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    contract(&RedisStore::open(&cluster.url(), None).unwrap()).await;
+    let a: Arc<dyn Store> = Arc::new(RedisStore::open(&cluster.url(), None).unwrap());
+    let b: Arc<dyn Store> = Arc::new(RedisStore::open(&cluster.url(), None).unwrap());
+    one_winner(&[a, b]).await;
+    // The contract's keys landed on more than one master: the store routed them by slot.
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| cli(n.port, None, &["DBSIZE"]) != "0")
+        .count();
+    assert!(holding > 1, "all keys on one node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_a_swap_counts_only_once_a_replica_has_it() {
+    logs::capture();
+    let mut group = tokio::task::spawn_blocking(|| SentinelGroup::start("confirm-s3cret"))
+        .await
+        .unwrap();
+    let store = RedisStore::open(&group.url(), None).unwrap();
+    assert_eq!(store.min_replicas(), 1);
+    store.set("link", b"a", None).await.unwrap();
+    assert!(store.compare_and_set("link", b"a", b"b", None).await.unwrap());
+
+    // With both replicas gone nothing can confirm a swap: it fails, and is undone so that the
+    // caller's retry can still win once a replica is back.
+    group.servers[1].stop();
+    group.servers[2].stop();
+    let refused = within(store.compare_and_set("link", b"b", b"c", None)).await;
+    match refused {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("0 of 1 replicas confirmed"), "{m}"),
+        other => panic!("an unconfirmed swap must fail, got {other:?}"),
+    }
+    assert_eq!(
+        store.get("link").await.unwrap().as_deref(),
+        Some(&b"b"[..]),
+        "the swap was undone"
+    );
+    // `minReplicas=0` trades that guarantee for availability.
+    let eager = RedisStore::open(&format!("{}?minReplicas=0", group.url()), None).unwrap();
+    assert!(eager.compare_and_set("link", b"b", b"c", None).await.unwrap());
+
+    let group = tokio::task::spawn_blocking(move || {
+        group.servers[1].restart();
+        let (port, password) = (group.servers[1].port, group.password.clone());
+        wait_until("the replica's resync", Duration::from_secs(10), || {
+            cli(port, Some(&password), &["INFO", "replication"]).contains("master_link_status:up")
+        });
+        group
+    })
+    .await
+    .unwrap();
+    assert!(store.compare_and_set("link", b"c", b"d", None).await.unwrap());
+    assert!(logs::captured().contains("too few replicas confirmed a compare-and-set"));
+    logs::assert_not_logged(&group.password);
 }
 
 #[tokio::test]

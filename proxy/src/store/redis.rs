@@ -686,3 +686,84 @@ impl Store for RedisStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_the_master_and_its_credentials() {
+        let url = parse_nodes(
+            "app:p%40ss@10.0.0.1,10.0.0.2:26380,[::1]:26381/mymaster/2?sentinelPassword=s%26p&minReplicas=2",
+            false,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            NodesUrl {
+                nodes: vec![
+                    "redis://10.0.0.1:26379".into(),
+                    "redis://10.0.0.2:26380".into(),
+                    "redis://[::1]:26381".into()
+                ],
+                addresses: vec!["10.0.0.1:26379".into(), "10.0.0.2:26380".into(), "[::1]:26381".into()],
+                username: Some("app".into()),
+                password: Some("p@ss".into()),
+                master: Some(("mymaster".into(), 2)),
+                sentinel_username: None,
+                sentinel_password: Some("s&p".into()),
+                min_replicas: Some(2),
+            }
+        );
+        let tls = parse_nodes(":pw@s1/m", true, true).unwrap();
+        assert_eq!(tls.nodes, ["rediss://s1:26379"]);
+        assert_eq!((tls.username, tls.master), (None, Some(("m".into(), 0))));
+    }
+
+    #[test]
+    fn cluster_urls_list_seed_nodes() {
+        let url = parse_nodes("a:6379,b", false, false).unwrap();
+        assert_eq!(url.nodes, ["redis://a:6379", "redis://b:6379"]);
+        assert_eq!(url.master, None);
+    }
+
+    #[test]
+    fn bad_urls_say_what_to_fix_and_never_echo_a_secret() {
+        for (url, says) in [
+            ("redis+sentinel://:hunter2@s1:26379", "needs the master's name"),
+            ("redis+sentinel://:hunter2@s1/m/x", "must be a number"),
+            ("redis+sentinel://:hunter2@s1/m?hunter2", "unknown query parameter"),
+            (
+                "redis+sentinel://:hunter2@s1/m?minReplicas=hunter2",
+                "minReplicas must be a whole number",
+            ),
+            ("redis+sentinel://:hunter2@s1:hunter2/m", "port is not a number"),
+            ("redis+sentinel://:hunter2@,s1/m", "a node address is empty"),
+            ("redis+cluster://:hunter2@c1/0", "takes no path"),
+            ("redis+cluster://:hunter2@c1?minReplicas=1", "takes no query parameters"),
+            ("redis+cluster://:%ff@c1", "password is not percent-encoded"),
+            ("rediss+clusters://:hunter2@c1", "must start with redis://"),
+            ("http://:hunter2@c1", "must start with redis://"),
+        ] {
+            let err = RedisStore::open(url, None).unwrap_err().to_string();
+            assert!(err.contains(says), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn replicas_are_awaited_behind_sentinel_unless_told_otherwise() {
+        let open = |url: &str| RedisStore::open(url, None).unwrap();
+        assert_eq!(open("redis://127.0.0.1:1").min_replicas(), 0);
+        assert_eq!(open("redis+cluster://127.0.0.1:1").min_replicas(), 0);
+        assert_eq!(open("redis+sentinel://127.0.0.1:1/m").min_replicas(), 1);
+        assert_eq!(open("redis+sentinel://127.0.0.1:1/m?minReplicas=0").min_replicas(), 0);
+        let store = open("redis+sentinel://:pw@127.0.0.1:1,127.0.0.1:2/m");
+        assert_eq!(store.endpoint(), "sentinel 127.0.0.1:1,127.0.0.1:2 master m");
+        assert_eq!(
+            format!("{store:?}"),
+            "RedisStore(sentinel 127.0.0.1:1,127.0.0.1:2 master m)"
+        );
+    }
+}
