@@ -94,10 +94,15 @@ async fn memory_store_keeps_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_store_keeps_the_contract_across_instances() {
     let redis = RedisServer::start();
-    contract(&RedisStore::open(&redis.url(), None).unwrap()).await;
-    // Two processes' worth of stores, each with its own connection.
-    let a: Arc<dyn Store> = Arc::new(RedisStore::open(&redis.url(), None).unwrap());
-    let b: Arc<dyn Store> = Arc::new(RedisStore::open(&redis.url(), None).unwrap());
+    contract_across_instances(&redis.url()).await;
+}
+
+/// The contract on a Redis store for `url`, then one winner across two processes' worth of
+/// stores, each with its own connection.
+async fn contract_across_instances(url: &str) {
+    contract(&RedisStore::open(url, None).unwrap()).await;
+    let a: Arc<dyn Store> = Arc::new(RedisStore::open(url, None).unwrap());
+    let b: Arc<dyn Store> = Arc::new(RedisStore::open(url, None).unwrap());
     one_winner(&[a, b]).await;
 }
 
@@ -106,19 +111,13 @@ async fn sentinel_store_keeps_the_contract_across_instances() {
     let group = tokio::task::spawn_blocking(|| SentinelGroup::start("contract-pw"))
         .await
         .unwrap();
-    contract(&RedisStore::open(&group.url(), None).unwrap()).await;
-    let a: Arc<dyn Store> = Arc::new(RedisStore::open(&group.url(), None).unwrap());
-    let b: Arc<dyn Store> = Arc::new(RedisStore::open(&group.url(), None).unwrap());
-    one_winner(&[a, b]).await;
+    contract_across_instances(&group.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_store_keeps_the_contract_across_instances() {
     let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
-    contract(&RedisStore::open(&cluster.url(), None).unwrap()).await;
-    let a: Arc<dyn Store> = Arc::new(RedisStore::open(&cluster.url(), None).unwrap());
-    let b: Arc<dyn Store> = Arc::new(RedisStore::open(&cluster.url(), None).unwrap());
-    one_winner(&[a, b]).await;
+    contract_across_instances(&cluster.url()).await;
     // The contract's keys landed on more than one master: the store routed them by slot.
     let holding = cluster
         .nodes
