@@ -133,6 +133,21 @@ async fn behind_sentinel_a_swap_counts_only_once_a_replica_has_it() {
     let mut group = tokio::task::spawn_blocking(|| SentinelGroup::start("confirm-s3cret"))
         .await
         .unwrap();
+    // Wrong credentials, for the master and for the sentinels (which have none here), fail
+    // without the values reaching an error or a log line.
+    let url = group.url();
+    for (wrong, secret) in [
+        (url.replace("confirm-s3cret", "wrong-master-pw"), "wrong-master-pw"),
+        (format!("{url}?sentinelPassword=wrong-sentinel-pw"), "wrong-sentinel-pw"),
+    ] {
+        let err = within(RedisStore::open(&wrong, None).unwrap().get("k"))
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains(secret), "{err}");
+        assert!(!format!("{err:?}").contains(secret), "{err:?}");
+        logs::assert_not_logged(secret);
+    }
+
     let store = RedisStore::open(&group.url(), None).unwrap();
     assert_eq!(store.min_replicas(), 1);
     store.set("link", b"a", None).await.unwrap();
