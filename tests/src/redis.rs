@@ -35,6 +35,8 @@ pub struct RedisServer {
     pub port: u16,
     options: RedisOptions,
     child: Option<Child>,
+    /// Its working folder: a replica saves the master's snapshot there, never in the checkout.
+    dir: RunDir,
 }
 
 impl RedisServer {
@@ -51,6 +53,7 @@ impl RedisServer {
             port,
             options,
             child: None,
+            dir: RunDir::new("redis"),
         };
         server.restart();
         server
@@ -81,7 +84,7 @@ impl RedisServer {
         self.stop();
         let port = self.port.to_string();
         let mut cmd = Command::new(BINARY);
-        cmd.args([
+        cmd.arg("--dir").arg(&self.dir.0).args([
             "--bind",
             "127.0.0.1",
             "--save",
