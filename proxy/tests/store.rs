@@ -8,7 +8,7 @@ use std::time::Duration;
 use keygate_proxy::store::redis::RedisStore;
 use keygate_proxy::store::{Store, StoreError, Stores, Take};
 use keygate_tests::logs;
-use keygate_tests::redis::{RedisCluster, RedisOptions, RedisServer, SentinelGroup, cli, wait_until};
+use keygate_tests::redis::{MASTER_NAME, RedisCluster, RedisOptions, RedisServer, SentinelGroup, cli, wait_until};
 
 /// What every store must do; run against each kind.
 async fn contract(s: &dyn Store) {
@@ -184,6 +184,48 @@ async fn behind_sentinel_a_swap_counts_only_once_a_replica_has_it() {
     assert!(store.compare_and_set("link", b"c", b"d", None).await.unwrap());
     assert!(logs::captured().contains("too few replicas confirmed a compare-and-set"));
     logs::assert_not_logged(&group.password);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_master_is_left_for_the_one_sentinel_names() {
+    let group = tokio::task::spawn_blocking(|| SentinelGroup::start("switch-pw"))
+        .await
+        .unwrap();
+    let store = RedisStore::open(&group.url(), None).unwrap();
+    store.set("k", b"before", None).await.unwrap();
+    // A switch without a crash (a manual failover, or sentinels that lost sight of a master
+    // still running): the old master lives on as a replica, reachable but no longer writable.
+    let (group, old, new) = tokio::task::spawn_blocking(move || {
+        let old = group.master_port().unwrap();
+        assert_eq!(
+            cli(group.sentinel_ports[0], None, &["SENTINEL", "FAILOVER", MASTER_NAME]),
+            "OK"
+        );
+        let mut new = None;
+        wait_until("Sentinel naming a new master", Duration::from_secs(30), || {
+            new = group.master_port().filter(|&p| p != old);
+            new.is_some()
+        });
+        let password = group.password.clone();
+        wait_until("the old master serving as a replica", Duration::from_secs(30), || {
+            cli(old, Some(&password), &["ROLE"]).starts_with("slave")
+        });
+        (group, old, new.unwrap())
+    })
+    .await
+    .unwrap();
+    let mut written = false;
+    for _ in 0..100 {
+        if within(store.set("k", b"after", None)).await.is_ok() {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(written, "writes never moved to the new master");
+    assert_eq!(cli(new, Some(&group.password), &["GET", "k"]), "after");
+    assert!(store.compare_and_set("k", b"after", b"swapped", None).await.unwrap());
+    assert_ne!(old, new);
 }
 
 #[tokio::test]
