@@ -12,7 +12,7 @@ use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use keygate_tests::logs;
-use keygate_tests::redis::{RedisOptions, RedisServer};
+use keygate_tests::redis::{RedisCluster, RedisOptions, RedisServer, SentinelGroup};
 
 const TOKEN: &str = "eyJhbGciOi.session-token-7Q2x";
 const KEY_A: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -507,16 +507,12 @@ async fn api_key_auth() {
     logs::assert_not_logged("blog-key-2");
 }
 
-#[tokio::test]
-async fn server_side_tokens_on_redis_are_shared_by_replicas_and_sealed() {
-    logs::capture();
-    let server = RedisServer::start_with(RedisOptions {
-        password: Some("redis-pw-cookie-test".into()),
-        tls: None,
-    });
+/// Two proxies keeping server-side cookie tokens in the Redis at `url`; a handle set by one is
+/// honoured by the other. Returns the proxies, the upstream and the session cookie.
+async fn tokens_shared_through(url: &str) -> (Proxy, Proxy, Upstream, String) {
     let up = api(TOKEN.into()).await;
     let store = "  storage: server\n  store: redis\n  redisUrl: {name: cookie-keys, key: redis}\n  encryptionKeys: [{name: cookie-keys, key: a}]";
-    let yaml = keys_secret(&[("a", KEY_A), ("redis", &server.url())]) + &bff(&up.url(), "", store, "  auth: cookie");
+    let yaml = keys_secret(&[("a", KEY_A), ("redis", url)]) + &bff(&up.url(), "", store, "  auth: cookie");
     let (a, b) = (Proxy::start(&yaml).await, Proxy::start(&yaml).await);
 
     let pair = cookie_pair(&post(&a.url("/api/session/start"), &[], "pw").await, "sid");
@@ -527,6 +523,31 @@ async fn server_side_tokens_on_redis_are_shared_by_replicas_and_sealed() {
         "a handle set by one replica is honoured by another"
     );
     assert_eq!(up.last().headers["authorization"], format!("Bearer {TOKEN}"));
+    (a, b, up, pair)
+}
+
+/// A logout on `b` ends the session on `a` too.
+async fn logout_ends_it_everywhere(a: &Proxy, b: &Proxy, pair: &str) {
+    assert_eq!(
+        post(&b.url("/api/session/logout"), &[("cookie", pair)], "")
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        get(&a.url("/api/x"), &[("cookie", pair)]).await.error_code(),
+        "SESSION_EXPIRED"
+    );
+}
+
+#[tokio::test]
+async fn server_side_tokens_on_redis_are_shared_by_replicas_and_sealed() {
+    logs::capture();
+    let server = RedisServer::start_with(RedisOptions {
+        password: Some("redis-pw-cookie-test".into()),
+        ..Default::default()
+    });
+    let (a, b, _up, pair) = tokens_shared_through(&server.url()).await;
 
     let client = ::redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -543,16 +564,21 @@ async fn server_side_tokens_on_redis_are_shared_by_replicas_and_sealed() {
         "the store holds ciphertext only"
     );
 
-    assert_eq!(
-        post(&b.url("/api/session/logout"), &[("cookie", &pair)], "")
-            .await
-            .status,
-        StatusCode::NO_CONTENT
-    );
-    assert_eq!(
-        get(&a.url("/api/x"), &[("cookie", &pair)]).await.error_code(),
-        "SESSION_EXPIRED"
-    );
+    logout_ends_it_everywhere(&a, &b, &pair).await;
     logs::assert_not_logged("redis-pw-cookie-test");
     logs::assert_not_logged(TOKEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_tokens_on_sentinel_and_cluster() {
+    logs::capture();
+    let group = tokio::task::spawn_blocking(|| SentinelGroup::start("cookie-sentinel-pw"))
+        .await
+        .unwrap();
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    for url in [group.url(), cluster.url()] {
+        let (a, b, _up, pair) = tokens_shared_through(&url).await;
+        logout_ends_it_everywhere(&a, &b, &pair).await;
+    }
+    logs::assert_not_logged("cookie-sentinel-pw");
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use keygate_proxy::store::redis::RedisStore;
 use keygate_proxy::store::{Store, StoreError, Stores, Take};
 use keygate_tests::logs;
-use keygate_tests::redis::{RedisOptions, RedisServer};
+use keygate_tests::redis::{MASTER_NAME, RedisCluster, RedisOptions, RedisServer, SentinelGroup, cli, wait_until};
 
 /// What every store must do; run against each kind.
 async fn contract(s: &dyn Store) {
@@ -94,11 +94,138 @@ async fn memory_store_keeps_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_store_keeps_the_contract_across_instances() {
     let redis = RedisServer::start();
-    contract(&RedisStore::open(&redis.url(), None).unwrap()).await;
-    // Two processes' worth of stores, each with its own connection.
-    let a: Arc<dyn Store> = Arc::new(RedisStore::open(&redis.url(), None).unwrap());
-    let b: Arc<dyn Store> = Arc::new(RedisStore::open(&redis.url(), None).unwrap());
+    contract_across_instances(&redis.url()).await;
+}
+
+/// The contract on a Redis store for `url`, then one winner across two processes' worth of
+/// stores, each with its own connection.
+async fn contract_across_instances(url: &str) {
+    contract(&RedisStore::open(url, None).unwrap()).await;
+    let a: Arc<dyn Store> = Arc::new(RedisStore::open(url, None).unwrap());
+    let b: Arc<dyn Store> = Arc::new(RedisStore::open(url, None).unwrap());
     one_winner(&[a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_store_keeps_the_contract_across_instances() {
+    let group = tokio::task::spawn_blocking(|| SentinelGroup::start("contract-pw"))
+        .await
+        .unwrap();
+    contract_across_instances(&group.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_store_keeps_the_contract_across_instances() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    contract_across_instances(&cluster.url()).await;
+    // The contract's keys landed on more than one master: the store routed them by slot.
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| cli(n.port, None, &["DBSIZE"]) != "0")
+        .count();
+    assert!(holding > 1, "all keys on one node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_a_swap_counts_only_once_a_replica_has_it() {
+    logs::capture();
+    let mut group = tokio::task::spawn_blocking(|| SentinelGroup::start("confirm-s3cret"))
+        .await
+        .unwrap();
+    // Wrong credentials, for the master and for the sentinels (which have none here), fail
+    // without the values reaching an error or a log line.
+    let url = group.url();
+    for (wrong, secret) in [
+        (url.replace("confirm-s3cret", "wrong-master-pw"), "wrong-master-pw"),
+        (format!("{url}?sentinelPassword=wrong-sentinel-pw"), "wrong-sentinel-pw"),
+    ] {
+        let err = within(RedisStore::open(&wrong, None).unwrap().get("k"))
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains(secret), "{err}");
+        assert!(!format!("{err:?}").contains(secret), "{err:?}");
+        logs::assert_not_logged(secret);
+    }
+
+    let store = RedisStore::open(&group.url(), None).unwrap();
+    assert_eq!(store.min_replicas(), 1);
+    store.set("link", b"a", None).await.unwrap();
+    assert!(store.compare_and_set("link", b"a", b"b", None).await.unwrap());
+
+    // With both replicas gone nothing can confirm a swap: it fails, and is undone so that the
+    // caller's retry can still win once a replica is back.
+    group.servers[1].stop();
+    group.servers[2].stop();
+    let refused = within(store.compare_and_set("link", b"b", b"c", None)).await;
+    match refused {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("0 of 1 replicas confirmed"), "{m}"),
+        other => panic!("an unconfirmed swap must fail, got {other:?}"),
+    }
+    assert_eq!(
+        store.get("link").await.unwrap().as_deref(),
+        Some(&b"b"[..]),
+        "the swap was undone"
+    );
+    // `minReplicas=0` trades that guarantee for availability.
+    let eager = RedisStore::open(&format!("{}?minReplicas=0", group.url()), None).unwrap();
+    assert!(eager.compare_and_set("link", b"b", b"c", None).await.unwrap());
+
+    let group = tokio::task::spawn_blocking(move || {
+        group.servers[1].restart();
+        let (port, password) = (group.servers[1].port, group.password.clone());
+        wait_until("the replica's resync", Duration::from_secs(10), || {
+            cli(port, Some(&password), &["INFO", "replication"]).contains("master_link_status:up")
+        });
+        group
+    })
+    .await
+    .unwrap();
+    assert!(store.compare_and_set("link", b"c", b"d", None).await.unwrap());
+    assert!(logs::captured().contains("too few replicas confirmed a compare-and-set"));
+    logs::assert_not_logged(&group.password);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_master_is_left_for_the_one_sentinel_names() {
+    let group = tokio::task::spawn_blocking(|| SentinelGroup::start("switch-pw"))
+        .await
+        .unwrap();
+    let store = RedisStore::open(&group.url(), None).unwrap();
+    store.set("k", b"before", None).await.unwrap();
+    // A switch without a crash (a manual failover, or sentinels that lost sight of a master
+    // still running): the old master lives on as a replica, reachable but no longer writable.
+    let (group, old, new) = tokio::task::spawn_blocking(move || {
+        let old = group.master_port().unwrap();
+        assert_eq!(
+            cli(group.sentinel_ports[0], None, &["SENTINEL", "FAILOVER", MASTER_NAME]),
+            "OK"
+        );
+        let mut new = None;
+        wait_until("Sentinel naming a new master", Duration::from_secs(30), || {
+            new = group.master_port().filter(|&p| p != old);
+            new.is_some()
+        });
+        let password = group.password.clone();
+        wait_until("the old master serving as a replica", Duration::from_secs(30), || {
+            cli(old, Some(&password), &["ROLE"]).starts_with("slave")
+        });
+        (group, old, new.unwrap())
+    })
+    .await
+    .unwrap();
+    let mut written = false;
+    for _ in 0..100 {
+        if within(store.set("k", b"after", None)).await.is_ok() {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(written, "writes never moved to the new master");
+    assert_eq!(cli(new, Some(&group.password), &["GET", "k"]), "after");
+    assert!(store.compare_and_set("k", b"after", b"swapped", None).await.unwrap());
+    assert_ne!(old, new);
 }
 
 #[tokio::test]
@@ -129,6 +256,7 @@ async fn redis_outage_fails_fast_and_heals_without_a_restart() {
     let mut redis = RedisServer::start_with(RedisOptions {
         password: Some("s3cret-redis-pass".into()),
         tls: None,
+        ..Default::default()
     });
     let store = RedisStore::open(&redis.url(), None).unwrap();
     store.set("k", b"v", None).await.unwrap();
@@ -175,6 +303,7 @@ async fn redis_over_tls() {
     let redis = RedisServer::start_with(RedisOptions {
         password: Some("tls-pass".into()),
         tls: Some((cert_path, key_path)),
+        ..Default::default()
     });
     assert!(redis.url().starts_with("rediss://"));
 

@@ -11,7 +11,7 @@ use common::*;
 use http::{Request, Response};
 use http_body_util::Full;
 use keygate_tests::logs;
-use keygate_tests::redis::RedisServer;
+use keygate_tests::redis::{RedisCluster, RedisServer, SentinelGroup};
 use serde_json::{Value, json};
 
 const BT_ID: &str = "26818785-547b-4b28-b0fa-531377e99f4e";
@@ -491,6 +491,17 @@ async fn the_tokenize_endpoint_in_memory() {
 async fn the_tokenize_endpoint_in_redis() {
     let redis = RedisServer::start();
     the_tokenize_endpoint(Store::Redis(redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokenize_endpoint_on_sentinel_and_cluster() {
+    let group = tokio::task::spawn_blocking(|| SentinelGroup::start("vault-sentinel-pw"))
+        .await
+        .unwrap();
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    the_tokenize_endpoint(Store::Redis(group.url())).await;
+    the_tokenize_endpoint(Store::Redis(cluster.url())).await;
+    logs::assert_not_logged("vault-sentinel-pw");
 }
 
 #[tokio::test]

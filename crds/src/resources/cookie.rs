@@ -55,7 +55,9 @@ pub struct CookieTranslationSpec {
     /// replica, so a handle set by one is honoured by all). Default `memory`.
     #[serde(default = "default_store")]
     pub store: StoreKind,
-    /// Redis URL (`redis://` or `rediss://`, password included) for `store: redis`.
+    /// Redis URL for `store: redis`, password included, in a Secret: `redis://` (`rediss://`
+    /// for TLS) for one server, `redis+sentinel://host:26379,.../master` for a master found
+    /// through Sentinel, `redis+cluster://host:6379,...` for Redis Cluster (see the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<SecretKeyRef>,
     /// Which namespaces' routes may reference this resource (as `namespace/name`). Default:

@@ -50,7 +50,9 @@ pub struct SessionChainPolicySpec {
     /// Where sessions live: `memory` (one replica) or `redis` (shared). Default `memory`.
     #[serde(default = "default_store")]
     pub store: StoreKind,
-    /// Redis URL (`redis://` or `rediss://`, password included) for `store: redis`.
+    /// Redis URL for `store: redis`, password included, in a Secret: `redis://` (`rediss://`
+    /// for TLS) for one server, `redis+sentinel://host:26379,.../master` for a master found
+    /// through Sentinel, `redis+cluster://host:6379,...` for Redis Cluster (see the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<SecretKeyRef>,
     /// Hash function of the chain. Only `sha256`.

@@ -72,7 +72,9 @@ pub struct TokenSource {
     /// Dynamic store for tokens created at run time: `none`, `memory` or `redis`. Default `none`.
     #[serde(default)]
     pub store: StoreKind,
-    /// Redis URL (`redis://` or `rediss://`) for `store: redis`.
+    /// Redis URL for `store: redis`, password included, in a Secret: `redis://` (`rediss://`
+    /// for TLS) for one server, `redis+sentinel://host:26379,.../master` for a master found
+    /// through Sentinel, `redis+cluster://host:6379,...` for Redis Cluster (see the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<SecretKeyRef>,
     /// AES-256-GCM keys (32 bytes, base64) for stored values; the first encrypts, all decrypt.

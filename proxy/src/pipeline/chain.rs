@@ -478,8 +478,23 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("hunter2"));
-        let chains = build(&snap, &[("ns/redis/url", "redis://:hunter2@127.0.0.1:1\n")]).unwrap();
-        assert!(chains.create_path("/session").is_some(), "building never connects");
+        let err = build(&snap, &[("ns/redis/url", "redis+sentinel://:hunter2@s1:26379")])
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "policy ns/p: redisUrl: secret ns/redis/url: the Redis URL cannot be used: redis+sentinel:// needs \
+             the master's name as its path, as in redis+sentinel://host:26379/mymaster"
+        );
+        for url in [
+            "redis://:hunter2@127.0.0.1:1\n",
+            "redis+sentinel://:hunter2@127.0.0.1:1,127.0.0.1:2/m",
+            "redis+cluster://:hunter2@127.0.0.1:1",
+        ] {
+            let chains = build(&snap, &[("ns/redis/url", url)]).unwrap();
+            assert!(chains.create_path("/session").is_some(), "building never connects");
+        }
     }
 
     #[tokio::test]

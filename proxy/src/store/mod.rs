@@ -72,7 +72,8 @@ pub fn key(kind: &str, resource: &str, secret: &[u8]) -> String {
 }
 
 /// The stores of this process, kept across config generations: the memory store is one for the
-/// whole process, and each distinct Redis URL gets one shared connection.
+/// whole process, and each distinct Redis URL gets one shared connection (behind
+/// Sentinel, plus the few that confirmed compare-and-sets block while replicas answer).
 #[derive(Default)]
 pub struct Stores {
     memory: Arc<memory::MemoryStore>,
