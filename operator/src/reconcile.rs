@@ -13,7 +13,7 @@ use keygate_crds::report::{Kind, ObjectRef, Problem, reasons};
 use keygate_crds::resources::{
     CookieTranslation, ExternalAllowlist, ProxyRoute, SessionChainPolicy, Status, TokenVaultRule,
 };
-use keygate_crds::{Report, compile};
+use keygate_crds::{Compiled, Report, Resources, compile};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -60,10 +60,7 @@ pub struct Outcome {
 
 /// Compiles everything cached and writes what changed.
 pub async fn reconcile(ctx: &Context) -> Result<Outcome, Error> {
-    let resources = ctx.stores.resources();
-    let started = Instant::now();
-    let compiled = compile(&resources);
-    ctx.metrics.compile_seconds.observe(started.elapsed().as_secs_f64());
+    let (resources, compiled) = compile_reading_secrets(ctx).await?;
 
     let mut outcome = Outcome {
         snapshot_hash: compiled.secrets.snapshot_hash.clone(),
@@ -106,6 +103,29 @@ pub async fn reconcile(ctx: &Context) -> Result<Outcome, Error> {
     outcome.statuses_written += sync_statuses(ctx, &resources.vault_rules, &by_object, &now).await?;
     outcome.statuses_written += sync_statuses(ctx, &resources.session_policies, &by_object, &now).await?;
     Ok(outcome)
+}
+
+/// Compiles with the values of exactly the Secrets compiling reads: first those read last time
+/// (re-read if they changed), then, as long as compiling looks for Secrets not read yet (a new
+/// reference, or one that only counts once another resource is valid), those too.
+async fn compile_reading_secrets(ctx: &Context) -> Result<(Resources, Compiled), Error> {
+    // Each round only adds Secrets; the bound is a guard, not an expected count.
+    const ROUNDS: usize = 8;
+    let values = &ctx.stores.secret_values;
+    values.refresh(&ctx.stores, &values.held()).await?;
+    let mut resources = ctx.stores.resources();
+    let mut round = 0;
+    loop {
+        let started = Instant::now();
+        let compiled = compile(&resources);
+        ctx.metrics.compile_seconds.observe(started.elapsed().as_secs_f64());
+        round += 1;
+        if round == ROUNDS || !values.refresh(&ctx.stores, &compiled.secrets_read).await? {
+            values.retain(&compiled.secrets_read);
+            return Ok((resources, compiled));
+        }
+        resources.secrets = values.values();
+    }
 }
 
 /// How long to wait before retrying after `error`.
