@@ -11,7 +11,10 @@
 //!   1 MiB object limit;
 //! - proxy apply: the written snapshot files read, decompressed, parsed, built into a live
 //!   config and swapped in, as the proxy's config-dir source does on a change;
-//! - RSS of this process after each step (peak, from /proc/self/status).
+//! - RSS of this process after each step (peak, from /proc/self/status);
+//!
+//! then the same as a Markdown table (the lines starting with `|`), which `bench/run` copies
+//! into BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
 
@@ -85,11 +88,18 @@ fn main() -> anyhow::Result<()> {
         rss()
     );
 
+    let mut table = vec![
+        format!("| figure | {routes} routes | target |"),
+        "|---|---:|---|".to_string(),
+        format!("| parse the YAML (as `check -f`) | {} | |", ms(took)),
+    ];
     let (took, compiled) = best(RUNS, || compile(&resources));
     let refused: Vec<_> = compiled.refused().take(3).collect();
     anyhow::ensure!(refused.is_empty(), "generated resources refused: {refused:?}");
     anyhow::ensure!(compiled.snapshot.routes.len() == routes, "not every route compiled");
     println!("compile:   {} (target < 1 s); {}", ms(took), rss());
+    table.push(format!("| `compile()` | {} | < 1 s |", ms(took)));
+    let compile_rss = status_kib("VmRSS:");
 
     let target = Target {
         namespace: "keygate-system".into(),
@@ -108,6 +118,16 @@ fn main() -> anyhow::Result<()> {
         outputs.stored_bytes as f64 * 100.0 / OBJECT_DATA_LIMIT as f64,
         OBJECT_DATA_LIMIT
     );
+    table.push(format!(
+        "| snapshot stored in the ConfigMap (gzip, base64) | {:.0} KiB = {:.0}% of the object limit | fits one object |",
+        outputs.stored_bytes as f64 / 1024.0,
+        outputs.stored_bytes as f64 * 100.0 / OBJECT_DATA_LIMIT as f64
+    ));
+    table.push(format!(
+        "| secret snapshot stored in the Secret (base64) | {:.0} KiB = {:.0}% of the object limit | fits one object |",
+        secrets_json.div_ceil(3) as f64 * 4.0 / 1024.0,
+        secrets_json.div_ceil(3) as f64 * 4.0 * 100.0 / OBJECT_DATA_LIMIT as f64
+    ));
     println!(
         "secrets:   {:.0} KiB JSON, {:.0} KiB stored (base64) = {:.0}% of the limit",
         secrets_json as f64 / 1024.0,
@@ -123,6 +143,10 @@ fn main() -> anyhow::Result<()> {
         output::build(&compiled, &target).map(|o| o.snapshot_hash)
     });
     println!("one change: {} compile + outputs (target < 1 s)", ms(took));
+    table.push(format!(
+        "| one route changed: `compile()` + outputs | {} | < 1 s |",
+        ms(took)
+    ));
 
     // The proxy: the mounted files as the kubelet writes them, then one load as on a change.
     let dir = tempfile::tempdir()?;
@@ -148,5 +172,18 @@ fn main() -> anyhow::Result<()> {
         ms(took),
         rss()
     );
+    table.push(format!(
+        "| proxy apply: read, gunzip, parse, build, swap | {} | < 0.5 s |",
+        ms(took)
+    ));
+    table.push(format!(
+        "| RSS of this process: after compiling / after the proxy's load | {:.0} MiB / {:.0} MiB | |",
+        compile_rss as f64 / 1024.0,
+        status_kib("VmRSS:") as f64 / 1024.0
+    ));
+    println!();
+    for line in table {
+        println!("{line}");
+    }
     Ok(())
 }
