@@ -43,7 +43,7 @@ pub fn route_yaml(i: usize) -> String {
         y,
         "  methods: [GET, POST]\n  forwardHeaders:\n  - name: x-api-key\n    valueFrom: {{name: {name}-key, key: api-key}}\n  cors:\n    allowOrigins: ['https://app-{i}.example.com']\n    allowCredentials: true\n"
     );
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         y.push_str("  auth: cookie\n  cookieTranslationRef: login\n  csrf: {mode: doubleSubmit}\n");
     }
     y
@@ -60,7 +60,7 @@ pub fn namespace_yaml(ns: &str) -> String {
 pub fn manifests(routes: usize) -> String {
     let mut out = String::new();
     for i in 0..routes {
-        if i % ROUTES_PER_NAMESPACE == 0 {
+        if i.is_multiple_of(ROUTES_PER_NAMESPACE) {
             out.push_str(&namespace_yaml(&namespace(i)));
             out.push_str("---\n");
         }
