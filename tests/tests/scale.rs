@@ -140,34 +140,29 @@ async fn unrelated_secrets_are_not_cached_and_a_rotation_still_reaches_the_proxy
         created.elapsed().as_secs_f64()
     );
 
+    // Rotates the key and returns how long until the proxy sends the new value.
+    let rotate = |value: &'static str| {
+        let (secrets, served) = (&secrets, &served);
+        async move {
+            let rotated = Instant::now();
+            let patch = serde_json::json!({"stringData": {"api": value}});
+            secrets
+                .patch("keys", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+            eventually(20, &format!("{value} to reach the proxy"), || served(value)).await;
+            rotated.elapsed().as_millis()
+        }
+    };
     // The rotation is watched after every creation (one watch, in resourceVersion order), so once
     // it is served the operator has seen all 5,000.
-    let rotated = Instant::now();
-    let patch = serde_json::json!({"stringData": {"api": "scale-key-two"}});
-    secrets
-        .patch("keys", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    eventually(20, "the rotated key to reach the proxy", || served("scale-key-two")).await;
-    let latency = rotated.elapsed();
     println!(
         "rotation latency: {} ms (Secret patched → operator → keygate-secrets → proxy), behind {UNRELATED} Secret events",
-        latency.as_millis()
+        rotate("scale-key-two").await
     );
-
     // A quiet rotation, with nothing queued before it: the figure the target is about.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rotated = Instant::now();
-    let patch = serde_json::json!({"stringData": {"api": "scale-key-three"}});
-    secrets
-        .patch("keys", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    eventually(20, "the second rotation to reach the proxy", || {
-        served("scale-key-three")
-    })
-    .await;
-    println!("rotation latency: {} ms (quiet)", rotated.elapsed().as_millis());
+    println!("rotation latency: {} ms (quiet)", rotate("scale-key-three").await);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = op.rss_kib();
