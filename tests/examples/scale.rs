@@ -1,4 +1,5 @@
-//! The control plane at scale: `cargo run --release -p keygate-tests --example scale [-- ROUTES]`.
+//! The control plane at scale: `cargo run --release -p keygate-tests --example scale [-- ROUTES [DIR]]`
+//! (with DIR, only writes the manifests there as `scale.yaml`, for `keygate-proxy check -f DIR`).
 //!
 //! Generates ROUTES (default 10,000) ProxyRoutes, each injecting a header from its own Secret and
 //! allowing one CORS origin, with a CookieTranslation and an ExternalAllowlist per 100 routes
@@ -66,6 +67,13 @@ fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(10_000);
     let yaml = scale::manifests(routes);
+    // `scale N DIR` only writes the manifests, e.g. for `keygate-proxy check -f DIR`.
+    if let Some(dir) = std::env::args().nth(2) {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(std::path::Path::new(&dir).join("scale.yaml"), &yaml)?;
+        println!("wrote {dir}/scale.yaml ({routes} routes)");
+        return Ok(());
+    }
     println!(
         "routes: {routes}; manifests: {:.1} MiB of YAML",
         yaml.len() as f64 / 1048576.0
