@@ -6,7 +6,7 @@
 //! last because they depend on the other four kinds and on Secrets.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{Resource, ResourceExt};
@@ -103,6 +103,10 @@ pub struct Compiled {
     pub secrets: SecretSnapshot,
     /// One report per resource, sorted by kind, namespace and name.
     pub reports: Vec<Report>,
+    /// Every Secret (namespace, name) compiling looked for, found or not. A caller that reads
+    /// Secret values only when referenced (the operator) fetches these and compiles again until
+    /// nothing new is looked for.
+    pub secrets_read: BTreeSet<(String, String)>,
 }
 
 impl Compiled {
@@ -247,6 +251,7 @@ pub fn compile(input: &Resources) -> Compiled {
         },
         snapshot: c.snapshot,
         reports: c.reports,
+        secrets_read: secrets.read.take(),
     }
 }
 
@@ -260,6 +265,8 @@ fn problem(field: &str, message: impl Into<String>) -> Problem {
 /// Secret data by namespace and name, `stringData` merged over `data` as the API server does.
 struct SecretIndex {
     by_name: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    /// What was looked for: [`Compiled::secrets_read`].
+    read: RefCell<BTreeSet<(String, String)>>,
 }
 
 impl SecretIndex {
@@ -273,7 +280,17 @@ impl SecretIndex {
             }
             by_name.insert((namespace_of(s), s.name_any()), data);
         }
-        SecretIndex { by_name }
+        SecretIndex {
+            by_name,
+            read: RefCell::default(),
+        }
+    }
+
+    fn get(&self, ns: &str, name: &str) -> Option<&BTreeMap<String, Vec<u8>>> {
+        let key = (ns.to_string(), name.to_string());
+        let data = self.by_name.get(&key);
+        self.read.borrow_mut().insert(key);
+        data
     }
 }
 
@@ -328,13 +345,14 @@ macro_rules! validated {
                 &self.spec
             }
             fn cel_problems(&self) -> Vec<Problem> {
-                match self.validate_cel() {
-                    Ok(()) => Vec::new(),
-                    Err(errors) => errors
-                        .into_iter()
-                        .map(|e| problem(&e.field_path, e.message))
-                        .collect(),
+                thread_local! {
+                    static RULES: crate::cel::Rules = crate::cel::compile_rules::<$kind>();
                 }
+                RULES
+                    .with(|rules| crate::cel::problems(rules, self))
+                    .into_iter()
+                    .map(|(field, message)| problem(&field, message))
+                    .collect()
             }
         }
     };
@@ -908,7 +926,7 @@ impl Compiler<'_> {
 
     /// Resolves one Secret key, records its value for the secret snapshot, and returns its id.
     fn secret_key(&mut self, ns: &str, r: &SecretKeyRef, field: &str, problems: &mut Vec<Problem>) -> Option<SecretId> {
-        let Some(data) = self.secrets.by_name.get(&(ns.to_string(), r.name.clone())) else {
+        let Some(data) = self.secrets.get(ns, &r.name) else {
             problems.push(problem(
                 field,
                 format!("Secret {ns}/{} does not exist; create it or fix the name", r.name),
@@ -1001,7 +1019,7 @@ impl Compiler<'_> {
 
     /// Resolves every key of a Secret, recording each value.
     fn whole_secret(&mut self, ns: &str, name: &str, field: &str, problems: &mut Vec<Problem>) {
-        let Some(data) = self.secrets.by_name.get(&(ns.to_string(), name.to_string())) else {
+        let Some(data) = self.secrets.get(ns, name) else {
             problems.push(problem(
                 field,
                 format!("Secret {ns}/{name} does not exist; create it or fix the name"),
@@ -1023,7 +1041,8 @@ impl Compiler<'_> {
     }
 
     fn accept_noted<K: Resource>(&mut self, object: ObjectRef, item: &K, note: Option<String>) {
-        self.used_secrets.append(&mut self.pending_secrets);
+        // Not `append`: it rebuilds the whole map, which made accepting n resources O(n²).
+        self.used_secrets.extend(std::mem::take(&mut self.pending_secrets));
         self.reports.push(Report {
             message: match note {
                 Some(note) => format!("{object} is served; {note}"),

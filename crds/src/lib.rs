@@ -8,6 +8,7 @@
 //! [`report::Report`] per resource, which becomes its `Ready` condition. Nothing here does I/O.
 #![forbid(unsafe_code)]
 
+mod cel;
 pub mod cidr;
 pub mod compile;
 pub mod manifests;

@@ -1362,3 +1362,26 @@ fn a_delegation_by_namespace_label() {
     assert_eq!(served_routes(&compiled), ["shop/web"]);
     assert_eq!(route_outcome(&compiled, "blog", "web").0, reasons::NOT_PERMITTED);
 }
+
+/// What the operator reads by name: every Secret compiling looked for, whether it exists or not
+/// (a missing one must be read once it appears), and no Secret nothing references.
+#[test]
+fn secrets_read_are_the_referenced_ones_found_or_not() {
+    let mut docs = full_setup();
+    docs.push(route(
+        "missing-key",
+        "
+        upstream: https://api.example.com
+        forwardHeaders: [{name: x-api-key, valueFrom: {name: not-yet, key: api-key}}]",
+    ));
+    let compiled = compile_docs(&docs);
+    let read: Vec<&str> = compiled.secrets_read.iter().map(|(_, name)| name.as_str()).collect();
+    for name in ["upstream", "app-keys", "tokens", "cookie-key", "ca", "not-yet"] {
+        assert!(read.contains(&name), "{name} was not looked for: {read:?}");
+    }
+    assert!(
+        !read.contains(&"unused"),
+        "an unreferenced Secret was looked for: {read:?}"
+    );
+    assert!(compiled.secrets_read.iter().all(|(ns, _)| ns == "shop"));
+}

@@ -202,6 +202,7 @@ mod tests {
             snapshot,
             secrets,
             reports: Vec::new(),
+            secrets_read: Default::default(),
         }
     }
 

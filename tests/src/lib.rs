@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod logs;
 pub mod redis;
+pub mod scale;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -116,8 +116,22 @@ pub fn watch_store<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
+    watch_store_trimmed(api, config, changed, |_| {})
+}
+
+/// [`watch_store`], with `trim` applied to each object before it is cached: what a cache of many
+/// objects does not need (managed fields, say) then costs no memory.
+pub fn watch_store_trimmed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let stream = watcher(api, config).default_backoff().modify(trim).reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
