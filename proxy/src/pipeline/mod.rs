@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod request;
 pub mod response;
 pub mod trace;
+pub mod transform;
 
 use http::header::{self, HeaderMap, HeaderName};
 
