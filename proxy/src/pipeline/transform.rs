@@ -54,12 +54,17 @@ struct Ops {
     ops: Vec<Op>,
     /// Whether any operation reads or writes the body: only then is it buffered.
     needs_body: bool,
+    /// Whether an operation writes the body, which must then be JSON; a body that is only read
+    /// is `null` when it is of another type.
+    writes_body: bool,
 }
 
 struct Op {
     /// `transform.request[1] (setHeader x-user)`: how errors name it.
     label: String,
     kind: OpKind,
+    /// Whether it reads or writes the body.
+    needs_body: bool,
 }
 
 enum OpKind {
@@ -99,9 +104,9 @@ impl Ops {
             Side::Request => "request",
             Side::Response => "response",
         };
-        let mut needs_body = false;
         let mut built = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter().enumerate() {
+            let mut needs_body = op.op.touches_body();
             let at = format!("transform.{list}[{i}]");
             let missing = |field: &str| (format!("{at}.{field}"), format!("{} needs {field}", op.op.as_str()));
             let program = |needs_body: &mut bool| -> Result<Program, (String, String)> {
@@ -123,7 +128,6 @@ impl Ops {
                 TransformOpKind::RemoveJsonField => OpKind::RemoveJsonField(pointer()?),
                 TransformOpKind::ReplaceJsonBody => OpKind::ReplaceJsonBody(program(&mut needs_body)?),
             };
-            needs_body |= op.op.touches_body();
             let target = op.name.as_deref().or(op.pointer.as_deref());
             built.push(Op {
                 label: match target {
@@ -131,9 +135,14 @@ impl Ops {
                     None => format!("{at} ({})", op.op.as_str()),
                 },
                 kind,
+                needs_body,
             });
         }
-        Ok(Ops { ops: built, needs_body })
+        Ok(Ops {
+            needs_body: built.iter().any(|o| o.needs_body),
+            writes_body: ops.iter().any(|o| o.op.touches_body()),
+            ops: built,
+        })
     }
 
     /// Applies every operation to copies of `headers` and `doc`, then returns them; `vars` are
@@ -208,7 +217,7 @@ pub async fn request(route: &LiveRoute, parts: &mut request::Parts, body: Body) 
         t.request
             .ops
             .iter()
-            .find(|o| needs_body(o))
+            .find(|o| o.needs_body)
             .map_or("", |o| &o.label)
             .to_string()
     };
@@ -224,7 +233,7 @@ pub async fn request(route: &LiveRoute, parts: &mut request::Parts, body: Body) 
             Err(ReadError::TooLarge(limit)) => return Err(ProxyError::BodyTooLarge(limit)),
             Err(ReadError::Failed(_)) => return Err(ProxyError::BadRequest("the request body could not be read")),
         };
-        let doc = parse(&parts.headers, &raw).map_err(|why| failed((first_body_op(), why)))?;
+        let doc = parse(&parts.headers, &raw, t.request.writes_body).map_err(|why| failed((first_body_op(), why)))?;
         view.insert(key("body"), doc.as_ref().map_or(Cel::Null, to_cel));
         (Ok(raw), doc)
     } else {
@@ -265,7 +274,7 @@ pub async fn response(route: &LiveRoute, seen: Seen, resp: Response<Body>) -> Re
         t.response
             .ops
             .iter()
-            .find(|o| needs_body(o))
+            .find(|o| o.needs_body)
             .map_or("", |o| &o.label)
             .to_string()
     };
@@ -279,7 +288,7 @@ pub async fn response(route: &LiveRoute, seen: Seen, resp: Response<Body>) -> Re
             Err(ReadError::TooLarge(limit)) => return Err(ProxyError::ResponseTooLarge(limit)),
             Err(ReadError::Failed(_)) => return Err(ProxyError::BadGateway),
         };
-        let doc = parse(&parts.headers, &raw).map_err(|why| failed((first_body_op(), why)))?;
+        let doc = parse(&parts.headers, &raw, t.response.writes_body).map_err(|why| failed((first_body_op(), why)))?;
         view.insert(key("body"), doc.as_ref().map_or(Cel::Null, to_cel));
         (Ok(raw), doc)
     } else {
@@ -309,10 +318,6 @@ pub async fn response(route: &LiveRoute, seen: Seen, resp: Response<Body>) -> Re
     Ok(Response::from_parts(parts, body))
 }
 
-fn needs_body(op: &Op) -> bool {
-    !matches!(op.kind, OpKind::SetHeader(..) | OpKind::RemoveHeader(_))
-}
-
 fn key(name: &str) -> Key {
     Key::String(Arc::new(name.to_string()))
 }
@@ -323,12 +328,16 @@ fn is_compressed(headers: &HeaderMap) -> bool {
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
-/// The body as JSON: `None` when empty, an error when it is not JSON.
-fn parse(headers: &HeaderMap, raw: &Bytes) -> Result<Option<Json>, &'static str> {
+/// The body as JSON: `None` when empty, or of another type and only read (`written`: an
+/// operation rewrites it, so it must be JSON); an error when it claims to be JSON and is not.
+fn parse(headers: &HeaderMap, raw: &Bytes, written: bool) -> Result<Option<Json>, &'static str> {
     if raw.is_empty() {
         return Ok(None);
     }
     if !crate::vault::is_json(&media_type(headers)) {
+        if !written {
+            return Ok(None);
+        }
         return Err("the body is not JSON (its Content-Type is not application/json or +json)");
     }
     serde_json::from_slice(raw)
