@@ -544,6 +544,7 @@ mod tests {
             {"op": "setJsonField", "pointer": "/items/-", "value": "size(request.body.items)"},
             {"op": "removeJsonField", "pointer": "/internal"},
             {"op": "setHeader", "name": "x-count", "value": "size(request.body.items)"},
+            {"op": "setHeader", "name": "x-has", "value": "'x-user-id' in request.headers && !('x-nope' in request.headers)"},
         ]}));
         let mut parts = req(
             "POST",
@@ -556,6 +557,7 @@ mod tests {
         assert!(parts.headers.get("x-debug").is_none());
         // Expressions read the request as it arrived: the count is from before the append.
         assert_eq!(parts.headers["x-count"], "2");
+        assert_eq!(parts.headers["x-has"], "true");
         let out = text(body).await;
         assert_eq!(
             serde_json::from_str::<Json>(&out).unwrap(),
