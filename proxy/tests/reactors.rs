@@ -188,14 +188,6 @@ async fn setup() -> Setup {
     }
 }
 
-async fn post(url: &str, content_type: &str, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Got {
-    let mut b = Request::post(url).header("content-type", content_type);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    send(b.body(Full::new(body.into())).unwrap()).await
-}
-
 fn is_uuid(s: &str) -> bool {
     s.len() == 36
         && s.bytes().filter(|b| *b == b'-').count() == 4

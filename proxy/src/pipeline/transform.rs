@@ -208,32 +208,9 @@ pub async fn request(route: &LiveRoute, parts: &mut request::Parts, body: Body) 
     if t.request.ops.is_empty() {
         return Ok((body, seen));
     }
-    let failed = |(op, reason): (String, &'static str)| ProxyError::TransformFailed {
-        answer: false,
-        op,
-        reason,
-    };
-    let first_body_op = || {
-        t.request
-            .ops
-            .iter()
-            .find(|o| o.needs_body)
-            .map_or("", |o| &o.label)
-            .to_string()
-    };
+    let failed = failure(Side::Request);
     let (raw, doc) = if t.request.needs_body {
-        if is_compressed(&parts.headers) {
-            return Err(failed((
-                first_body_op(),
-                "the request body is compressed (Content-Encoding)",
-            )));
-        }
-        let raw = match read_to_limit(body, u64::MAX).await {
-            Ok(raw) => raw,
-            Err(ReadError::TooLarge(limit)) => return Err(ProxyError::BodyTooLarge(limit)),
-            Err(ReadError::Failed(_)) => return Err(ProxyError::BadRequest("the request body could not be read")),
-        };
-        let doc = parse(&parts.headers, &raw, t.request.writes_body).map_err(|why| failed((first_body_op(), why)))?;
+        let (raw, doc) = read_json(&t.request, Side::Request, &parts.headers, body, u64::MAX).await?;
         view.insert(key("body"), doc.as_ref().map_or(Cel::Null, to_cel));
         (Ok(raw), doc)
     } else {
@@ -258,11 +235,7 @@ pub async fn response(route: &LiveRoute, seen: Seen, resp: Response<Body>) -> Re
     let Some(t) = route.transform.as_ref().filter(|t| !t.response.ops.is_empty()) else {
         return Ok(resp);
     };
-    let failed = |(op, reason): (String, &'static str)| ProxyError::TransformFailed {
-        answer: true,
-        op,
-        reason,
-    };
+    let failed = failure(Side::Response);
     let (mut parts, body) = resp.into_parts();
     // A 204 or 304 carries no body to read or write.
     let body_ops = t.response.needs_body && !matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
@@ -270,25 +243,9 @@ pub async fn response(route: &LiveRoute, seen: Seen, resp: Response<Body>) -> Re
         (key("status"), Cel::Int(i64::from(parts.status.as_u16()))),
         (key("headers"), headers_view(&parts.headers)),
     ]);
-    let first_body_op = || {
-        t.response
-            .ops
-            .iter()
-            .find(|o| o.needs_body)
-            .map_or("", |o| &o.label)
-            .to_string()
-    };
     let (raw, doc) = if body_ops {
-        if is_compressed(&parts.headers) {
-            return Err(failed((first_body_op(), "the answer is compressed (Content-Encoding)")));
-        }
         let limit = route.spec.body_limit;
-        let raw = match read_to_limit(body, limit).await {
-            Ok(raw) => raw,
-            Err(ReadError::TooLarge(limit)) => return Err(ProxyError::ResponseTooLarge(limit)),
-            Err(ReadError::Failed(_)) => return Err(ProxyError::BadGateway),
-        };
-        let doc = parse(&parts.headers, &raw, t.response.writes_body).map_err(|why| failed((first_body_op(), why)))?;
+        let (raw, doc) = read_json(&t.response, Side::Response, &parts.headers, body, limit).await?;
         view.insert(key("body"), doc.as_ref().map_or(Cel::Null, to_cel));
         (Ok(raw), doc)
     } else {
@@ -316,6 +273,47 @@ pub async fn response(route: &LiveRoute, seen: Seen, resp: Response<Body>) -> Re
         }
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// `TRANSFORM_FAILED` for an operation of `side`: 400 for requests, 502 for answers.
+fn failure(side: Side) -> impl Fn((String, &'static str)) -> ProxyError {
+    move |(op, reason)| ProxyError::TransformFailed {
+        answer: side == Side::Response,
+        op,
+        reason,
+    }
+}
+
+/// Buffers (within `limit`, besides the route's `bodyLimit` already wrapped around request
+/// bodies) and parses the body `ops` need; failures are named after the first such operation.
+async fn read_json(
+    ops: &Ops,
+    side: Side,
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<(Bytes, Option<Json>), ProxyError> {
+    let op = || {
+        ops.ops
+            .iter()
+            .find(|o| o.needs_body)
+            .map_or("", |o| &o.label)
+            .to_string()
+    };
+    if is_compressed(headers) {
+        return Err(failure(side)((op(), "the body is compressed (Content-Encoding)")));
+    }
+    let raw = match (read_to_limit(body, limit).await, side) {
+        (Ok(raw), _) => raw,
+        (Err(ReadError::TooLarge(limit)), Side::Request) => return Err(ProxyError::BodyTooLarge(limit)),
+        (Err(ReadError::TooLarge(limit)), Side::Response) => return Err(ProxyError::ResponseTooLarge(limit)),
+        (Err(ReadError::Failed(_)), Side::Request) => {
+            return Err(ProxyError::BadRequest("the request body could not be read"));
+        }
+        (Err(ReadError::Failed(_)), Side::Response) => return Err(ProxyError::BadGateway),
+    };
+    let doc = parse(headers, &raw, ops.writes_body).map_err(|why| failure(side)((op(), why)))?;
+    Ok((raw, doc))
 }
 
 fn key(name: &str) -> Key {
