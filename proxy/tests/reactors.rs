@@ -40,21 +40,13 @@ spec:
   tokenizeRequest: {pointers: [/sensitive_value, /card/number], formFields: [card_number], classification: pci, ttl: 1h}
 ---
 ";
-    y += &route_yaml(
-        "in",
-        "/in",
-        upstream,
-        "  vaultRuleRefs: [inbound]
+    let routes = [
+        ("in", upstream, "  vaultRuleRefs: [inbound]
   transform:
     request:
-    - {op: setHeader, name: x-copied, value: \"request.body != null && has(request.body.sensitive_value) ? request.body.sensitive_value : 'none'\"}",
-    );
-    y += &route_yaml("reveal", "/reveal", upstream, "  vaultRuleRefs: [inbound]");
-    y += &route_yaml(
-        "tx",
-        "/tx",
-        json_upstream,
-        "  transform:
+    - {op: setHeader, name: x-copied, value: \"request.body != null && has(request.body.sensitive_value) ? request.body.sensitive_value : 'none'\"}"),
+        ("reveal", upstream, "  vaultRuleRefs: [inbound]"),
+        ("tx", json_upstream, "  transform:
     request:
     - {op: setHeader, name: x-user, value: \"request.headers['x-user-id'] + '@' + request.query.tenant\"}
     - {op: removeHeader, name: x-debug}
@@ -65,57 +57,35 @@ spec:
     - {op: setHeader, name: x-upstream-status, value: 'response.status'}
     - {op: removeHeader, name: server}
     - {op: removeJsonField, pointer: /debug}
-    - {op: setJsonField, pointer: /for, value: 'request.path'}",
-    );
-    y += &route_yaml(
-        "wrap",
-        "/wrap",
-        json_upstream,
-        "  transform:
+    - {op: setJsonField, pointer: /for, value: 'request.path'}"),
+        ("wrap", json_upstream, "  transform:
     request:
     - {op: replaceJsonBody, value: \"{'envelope': {'payload': request.body, 'method': request.method}}\"}
     response:
-    - {op: replaceJsonBody, value: \"{'ok': response.status < 400, 'data': response.body}\"}",
-    );
-    y += &route_yaml(
-        "fails",
-        "/fails",
-        json_upstream,
-        "  transform:
+    - {op: replaceJsonBody, value: \"{'ok': response.status < 400, 'data': response.body}\"}"),
+        ("fails", json_upstream, "  transform:
     request:
     - {op: setHeader, name: x-a, value: \"'first'\"}
-    - {op: setHeader, name: x-tenant, value: \"request.headers['x-tenant']\"}",
-    );
-    y += &route_yaml(
-        "fails-answer",
-        "/fails-answer",
-        json_upstream,
-        "  transform:
+    - {op: setHeader, name: x-tenant, value: \"request.headers['x-tenant']\"}"),
+        ("fails-answer", json_upstream, "  transform:
     response:
-    - {op: setJsonField, pointer: /n, value: 'response.body.count + 1'}",
-    );
-    y += &route_yaml(
-        "echo",
-        "/echo",
-        json_upstream,
-        "  forwardHeaders:
+    - {op: setJsonField, pointer: /n, value: 'response.body.count + 1'}"),
+        ("echo", json_upstream, "  forwardHeaders:
   - {name: x-api-key, valueFrom: {name: upstream-keys, key: api}}
   transform:
     request:
     - {op: setJsonField, pointer: /headers, value: 'request.headers'}
     response:
-    - {op: setJsonField, pointer: /request, value: 'request'}",
-    );
-    y += &route_yaml(
-        "stream",
-        "/stream",
-        raw_upstream,
-        "  transform:
+    - {op: setJsonField, pointer: /request, value: 'request'}"),
+        ("stream", raw_upstream, "  transform:
     request:
     - {op: setHeader, name: x-streamed, value: 'request.method'}
     response:
-    - {op: setHeader, name: x-answer, value: \"'seen'\"}",
-    );
+    - {op: setHeader, name: x-answer, value: \"'seen'\"}"),
+    ];
+    for (name, upstream, spec) in routes {
+        y += &route_yaml(name, &format!("/{name}"), upstream, spec);
+    }
     y
 }
 
