@@ -125,8 +125,8 @@ pub enum ProxyError {
     /// The tokenize endpoint may not create tokens of this classification.
     #[error("this classification may not be tokenized here: use one the vault rule permits")]
     ClassificationNotAllowed,
-    /// A JSON answer whose fields must be tokenized is larger than Keygate buffers.
-    #[error("the upstream's JSON answer exceeds {0} bytes and cannot be tokenized")]
+    /// A JSON answer Keygate must rewrite (tokenize, transform) is larger than it buffers.
+    #[error("the upstream's JSON answer exceeds {0} bytes, more than Keygate reads to tokenize or transform it")]
     ResponseTooLarge(u64),
     /// A JSON answer whose fields must be tokenized cannot be read.
     #[error("the upstream's answer cannot be tokenized: {0}")]
