@@ -59,13 +59,15 @@ const FUNCTIONS: [&str; 34] = [
 
 /// Headers a transform may not set or remove: message framing, what Keygate writes itself
 /// (client address, cookies, its own signals), and what a client may not vouch for.
-pub const RESERVED_HEADERS: [&str; 20] = [
+pub const RESERVED_HEADERS: [&str; 22] = [
     "host",
     "content-length",
     "transfer-encoding",
     "connection",
     "keep-alive",
     "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
     "te",
     "trailer",
     "upgrade",
@@ -99,6 +101,10 @@ pub struct Checked {
     /// Whether it may read `request.body` or `response.body` (or the whole object), so the
     /// body must be buffered and parsed before it runs.
     pub reads_body: bool,
+    /// The variables it reads, each with the field read (`None`: the whole variable). The
+    /// interpreter copies a variable's value on every access, so the proxy hands each
+    /// expression only what it reads.
+    pub reads: Vec<(&'static str, Option<String>)>,
 }
 
 /// Parses `source` and checks what can be checked without a request; the error is a sentence
@@ -142,6 +148,7 @@ pub fn check(source: &str, side: Side) -> Result<Checked, String> {
     Ok(Checked {
         program,
         reads_body: walk.reads_body,
+        reads: walk.reads,
     })
 }
 
@@ -178,12 +185,21 @@ struct Walk {
     variables: Vec<String>,
     functions: Vec<String>,
     reads_body: bool,
+    reads: Vec<(&'static str, Option<String>)>,
 }
 
 impl Walk {
     fn variable(&mut self, name: &str) {
         if !self.variables.iter().any(|v| v == name) {
             self.variables.push(name.to_string());
+        }
+    }
+
+    fn read(&mut self, root: &str, field: Option<&str>) {
+        let root = if root == REQUEST { REQUEST } else { RESPONSE };
+        let read = (root, field.map(str::to_string));
+        if !self.reads.contains(&read) {
+            self.reads.push(read);
         }
     }
 
@@ -194,6 +210,7 @@ impl Walk {
             Expr::Ident(name) if (name == REQUEST || name == RESPONSE) && !scope.contains(name) => {
                 self.variable(name);
                 self.reads_body |= field == "body";
+                self.read(name, Some(field));
                 true
             }
             _ => false,
@@ -206,7 +223,10 @@ impl Walk {
                 if !scope.contains(name) && !name.starts_with('@') {
                     self.variable(name);
                     // The whole object, passed on somewhere: its body may be read.
-                    self.reads_body |= name == REQUEST || name == RESPONSE;
+                    if name == REQUEST || name == RESPONSE {
+                        self.reads_body = true;
+                        self.read(name, None);
+                    }
                 }
             }
             Expr::Select(s) => {
@@ -315,6 +335,17 @@ mod tests {
         assert!(!ok("string(response.status)", Side::Response));
         // A comprehension variable called request is not the request.
         assert!(!ok("[1, 2].map(request, request * 2)", Side::Request));
+        let reads = |source: &str| check(source, Side::Response).unwrap().reads;
+        assert_eq!(
+            reads("request.method + request['path'] + string(response.status) + request.method"),
+            [
+                (REQUEST, Some("method".to_string())),
+                (REQUEST, Some("path".to_string())),
+                (RESPONSE, Some("status".to_string()))
+            ]
+        );
+        assert_eq!(reads("{'r': response}"), [(RESPONSE, None)]);
+        assert_eq!(reads("'constant'"), []);
     }
 
     #[test]

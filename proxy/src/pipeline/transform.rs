@@ -65,6 +65,8 @@ struct Op {
     kind: OpKind,
     /// Whether it reads or writes the body.
     needs_body: bool,
+    /// What its expression reads: `(variable, field)`, `None` for the whole variable.
+    reads: Vec<(&'static str, Option<String>)>,
 }
 
 enum OpKind {
@@ -78,7 +80,10 @@ enum OpKind {
 /// What the request looked like to request operations (its body left out, so no buffered body
 /// outlives the request stage), for answer operations to read as `request`.
 #[derive(Default)]
-pub struct Seen(Option<Cel>);
+pub struct Seen(Option<View>);
+
+/// A message as expressions read it: `method`, `path`, `headers`, ... by name.
+type View = HashMap<Key, Cel>;
 
 impl Transform {
     /// Compiles a route's transform; the error is `(field, message)`. `compile()` has already
@@ -107,12 +112,14 @@ impl Ops {
         let mut built = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter().enumerate() {
             let mut needs_body = op.op.touches_body();
+            let mut reads = Vec::new();
             let at = format!("transform.{list}[{i}]");
             let missing = |field: &str| (format!("{at}.{field}"), format!("{} needs {field}", op.op.as_str()));
-            let program = |needs_body: &mut bool| -> Result<Program, (String, String)> {
+            let mut program = || -> Result<Program, (String, String)> {
                 let source = op.value.as_deref().ok_or_else(|| missing("value"))?;
                 let checked = checks::check(source, side).map_err(|m| (format!("{at}.value"), m))?;
-                *needs_body |= checked.reads_body;
+                needs_body |= checked.reads_body;
+                reads = checked.reads;
                 Ok(checked.program)
             };
             let header = || -> Result<HeaderName, (String, String)> {
@@ -122,11 +129,11 @@ impl Ops {
             };
             let pointer = || op.pointer.clone().ok_or_else(|| missing("pointer"));
             let kind = match op.op {
-                TransformOpKind::SetHeader => OpKind::SetHeader(header()?, program(&mut needs_body)?),
+                TransformOpKind::SetHeader => OpKind::SetHeader(header()?, program()?),
                 TransformOpKind::RemoveHeader => OpKind::RemoveHeader(header()?),
-                TransformOpKind::SetJsonField => OpKind::SetJsonField(pointer()?, program(&mut needs_body)?),
+                TransformOpKind::SetJsonField => OpKind::SetJsonField(pointer()?, program()?),
                 TransformOpKind::RemoveJsonField => OpKind::RemoveJsonField(pointer()?),
-                TransformOpKind::ReplaceJsonBody => OpKind::ReplaceJsonBody(program(&mut needs_body)?),
+                TransformOpKind::ReplaceJsonBody => OpKind::ReplaceJsonBody(program()?),
             };
             let target = op.name.as_deref().or(op.pointer.as_deref());
             built.push(Op {
@@ -136,6 +143,7 @@ impl Ops {
                 },
                 kind,
                 needs_body,
+                reads,
             });
         }
         Ok(Ops {
@@ -145,24 +153,40 @@ impl Ops {
         })
     }
 
-    /// Applies every operation to copies of `headers` and `doc`, then returns them; `vars` are
+    /// Applies every operation to copies of `headers` and `doc`, then returns them; `views` are
     /// what expressions read. On failure: the operation's label and why, nothing changed.
     fn apply(
         &self,
         functions: &Context<'static>,
-        vars: &[(&str, &Cel)],
+        views: &[(&'static str, &View)],
         headers: &HeaderMap,
         doc: Option<&Json>,
     ) -> Result<(HeaderMap, Option<Json>), (String, &'static str)> {
-        let mut ctx = functions.new_inner_scope();
-        for (name, value) in vars {
-            ctx.add_variable_from_value(*name, (*value).clone());
-        }
         let mut headers = headers.clone();
         let mut doc = doc.cloned();
         for op in &self.ops {
             let fail = |why: &'static str| (op.label.clone(), why);
-            let eval = |p: &Program| p.execute(&ctx).map_err(|e| fail(checks::describe(&e)));
+            // The interpreter copies a variable whole on each access: each expression gets only
+            // the fields it reads (values are shared, so picking them out is cheap).
+            let eval = |p: &Program| {
+                let mut ctx = functions.new_inner_scope();
+                for (root, view) in views {
+                    let mut fields = op.reads.iter().filter(|(r, _)| r == root).map(|(_, f)| f).peekable();
+                    if fields.peek().is_none() {
+                        continue;
+                    }
+                    let value: View = if fields.clone().any(Option::is_none) {
+                        (*view).clone()
+                    } else {
+                        fields
+                            .flatten()
+                            .filter_map(|f| view.get_key_value(&key(f)).map(|(k, v)| (k.clone(), v.clone())))
+                            .collect()
+                    };
+                    ctx.add_variable_from_value(*root, Cel::from(value));
+                }
+                p.execute(&ctx).map_err(|e| fail(checks::describe(&e)))
+            };
             let json = |v: Cel| v.json().map_err(|_| fail("its value cannot be written as JSON"));
             match &op.kind {
                 OpKind::SetHeader(name, p) => {
@@ -199,7 +223,7 @@ pub async fn request(route: &LiveRoute, parts: &mut request::Parts, body: Body) 
         (key("query"), query_view(parts.uri.query())),
         (key("headers"), headers_view(&parts.headers)),
     ]);
-    let seen = Seen((!t.response.ops.is_empty()).then(|| Cel::from(view.clone())));
+    let seen = Seen((!t.response.ops.is_empty()).then(|| view.clone()));
     if t.reads_answers() {
         parts
             .headers
@@ -216,10 +240,9 @@ pub async fn request(route: &LiveRoute, parts: &mut request::Parts, body: Body) 
     } else {
         (Err(body), None)
     };
-    let request = Cel::from(view);
     let (headers, new_doc) = t
         .request
-        .apply(&t.functions, &[(REQUEST, &request)], &parts.headers, doc.as_ref())
+        .apply(&t.functions, &[(REQUEST, &view)], &parts.headers, doc.as_ref())
         .map_err(failed)?;
     parts.headers = headers;
     let body = match raw {
@@ -251,13 +274,12 @@ pub async fn response(route: &LiveRoute, seen: Seen, resp: Response<Body>) -> Re
     } else {
         (Err(body), None)
     };
-    let request = seen.0.unwrap_or_else(|| Cel::from(HashMap::<Key, Cel>::new()));
-    let response = Cel::from(view);
+    let request = seen.0.unwrap_or_default();
     let (headers, new_doc) = t
         .response
         .apply(
             &t.functions,
-            &[(REQUEST, &request), (RESPONSE, &response)],
+            &[(REQUEST, &request), (RESPONSE, &view)],
             &parts.headers,
             doc.as_ref(),
         )
