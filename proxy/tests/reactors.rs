@@ -26,20 +26,29 @@ const COOKIE: &str = "sid=browser-session-cookie-8W";
 /// Rule `inbound` vaults `/sensitive_value` (JSON) and `card_number` (forms) as `pci` tokens and
 /// lets `pci` be revealed in bodies only. `/in` tokenizes (and copies the field into a header by
 /// transform, to show the transform sees the token); `/reveal` detokenizes; `/tx` transforms.
-fn manifests(upstream: &str, json_upstream: &str, raw_upstream: &str) -> String {
+fn manifests(upstream: &str, json_upstream: &str, raw_upstream: &str, redis: Option<&str>) -> String {
     let mut y = secret_yaml("vault-key", &BTreeMap::from([("k1", AES_KEY)]));
+    let store = match redis {
+        None => "store: memory",
+        Some(url) => {
+            y += &secret_yaml("redis", &BTreeMap::from([("url", url)]));
+            "store: redis\n    redisUrl: {name: redis, key: url}"
+        }
+    };
     y += &secret_yaml("upstream-keys", &BTreeMap::from([("api", API_KEY)]));
-    y += "apiVersion: keygate.dev/v1alpha1
+    y += &format!(
+        "apiVersion: keygate.dev/v1alpha1
 kind: TokenVaultRule
-metadata: {name: inbound, namespace: default}
+metadata: {{name: inbound, namespace: default}}
 spec:
   source:
-    store: memory
-    encryptionKeys: [{name: vault-key, key: k1}]
-  permissions: [{classification: pci, locations: [body]}]
-  tokenizeRequest: {pointers: [/sensitive_value, /card/number], formFields: [card_number], classification: pci, ttl: 1h}
+    {store}
+    encryptionKeys: [{{name: vault-key, key: k1}}]
+  permissions: [{{classification: pci, locations: [body]}}]
+  tokenizeRequest: {{pointers: [/sensitive_value, /card/number], formFields: [card_number], classification: pci, ttl: 1h}}
 ---
-";
+"
+    );
     let routes = [
         ("in", upstream, "  vaultRuleRefs: [inbound]
   transform:
@@ -144,12 +153,17 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(None).await
+}
+
+/// [`setup`] with the rule's tokens in the Redis at `redis`.
+async fn setup_with(redis: Option<&str>) -> Setup {
     logs::capture();
     let upstream = Upstream::ok().await;
     let json = json_upstream().await;
     let (tx, heads) = tokio::sync::mpsc::unbounded_channel();
     let raw = holding_upstream(tx).await;
-    let proxy = Proxy::start(&manifests(&upstream.url(), &json.url(), &raw)).await;
+    let proxy = Proxy::start(&manifests(&upstream.url(), &json.url(), &raw, redis)).await;
     Setup {
         proxy,
         upstream,
@@ -432,4 +446,47 @@ async fn transforms_never_read_injected_secrets_or_cookies() {
         assert!(!String::from_utf8_lossy(&seen.body).contains(secret));
         logs::assert_not_logged(secret);
     }
+}
+
+#[tokio::test]
+async fn inbound_tokens_in_redis_are_sealed_and_reveal_back() {
+    let redis = keygate_tests::redis::RedisServer::start();
+    let s = setup_with(Some(&redis.url())).await;
+    let got = post(
+        &s.proxy.url("/in"),
+        "application/json",
+        format!(r#"{{"sensitive_value": "{CARD}"}}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    let received: Value = serde_json::from_slice(&s.upstream.last().body).unwrap();
+    let id = received["sensitive_value"].as_str().unwrap().to_string();
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+    assert_eq!(
+        keys,
+        [keygate_proxy::store::key("vault", "default/inbound", id.as_bytes())]
+    );
+    let ttl: i64 = ::redis::cmd("TTL").arg(&keys[0]).query_async(&mut conn).await.unwrap();
+    assert!((3500..=3600).contains(&ttl), "the rule's ttl of 1h: {ttl}");
+    let value: Vec<u8> = ::redis::cmd("GET").arg(&keys[0]).query_async(&mut conn).await.unwrap();
+    let value = String::from_utf8_lossy(&value);
+    for plain in [CARD, id.as_str(), "pci"] {
+        assert!(!value.contains(plain), "the store holds plaintext");
+    }
+    let got = post(
+        &s.proxy.url("/reveal"),
+        "application/json",
+        format!(r#"{{"card": "{{{{{id}}}}}"}}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&s.upstream.last().body).unwrap(),
+        json!({"card": CARD})
+    );
+    logs::assert_not_logged(CARD);
 }
