@@ -80,7 +80,11 @@ enum OpKind {
 /// What the request looked like to request operations (its body left out, so no buffered body
 /// outlives the request stage), for answer operations to read as `request`.
 #[derive(Default)]
-pub struct Seen(Option<View>);
+pub struct Seen {
+    view: Option<View>,
+    /// A `HEAD` request: its answer has no body, whatever its headers say.
+    head: bool,
+}
 
 /// A message as expressions read it: `method`, `path`, `headers`, ... by name.
 type View = HashMap<Key, Cel>;
@@ -223,7 +227,10 @@ pub async fn request(route: &LiveRoute, parts: &mut request::Parts, body: Body) 
         (key("query"), query_view(parts.uri.query())),
         (key("headers"), headers_view(&parts.headers)),
     ]);
-    let seen = Seen((!t.response.ops.is_empty()).then(|| view.clone()));
+    let seen = Seen {
+        view: (!t.response.ops.is_empty()).then(|| view.clone()),
+        head: parts.method == http::Method::HEAD,
+    };
     if t.reads_answers() {
         parts
             .headers
@@ -260,8 +267,10 @@ pub async fn response(route: &LiveRoute, seen: Seen, resp: Response<Body>) -> Re
     };
     let failed = failure(Side::Response);
     let (mut parts, body) = resp.into_parts();
-    // A 204 or 304 carries no body to read or write.
-    let body_ops = t.response.needs_body && !matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    // Answers to HEAD, 204s and 304s carry no body to read or write.
+    let body_ops = t.response.needs_body
+        && !seen.head
+        && !matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
     let mut view = HashMap::from([
         (key("status"), Cel::Int(i64::from(parts.status.as_u16()))),
         (key("headers"), headers_view(&parts.headers)),
@@ -274,7 +283,7 @@ pub async fn response(route: &LiveRoute, seen: Seen, resp: Response<Body>) -> Re
     } else {
         (Err(body), None)
     };
-    let request = seen.0.unwrap_or_default();
+    let request = seen.view.unwrap_or_default();
     let (headers, new_doc) = t
         .response
         .apply(
@@ -726,6 +735,29 @@ mod tests {
         parts.headers.insert("x-api-key", secret);
         request(&r, &mut parts, full("")).await.unwrap();
         assert_eq!(parts.headers["x-all"], "none");
+    }
+
+    #[tokio::test]
+    async fn answers_without_a_body_keep_none() {
+        let r = route(json!({"response": [{"op": "setJsonField", "pointer": "/x", "value": "1"}]}));
+        let mut parts = req("HEAD", "/r", &[]);
+        let (_, seen) = request(&r, &mut parts, full("")).await.unwrap();
+        let resp = Response::builder()
+            .header("content-type", "application/json")
+            .header("content-length", "120")
+            .body(full(""))
+            .unwrap();
+        let resp = response(&r, seen, resp).await.unwrap();
+        assert_eq!(
+            resp.headers()["content-length"],
+            "120",
+            "a HEAD answer's length is the GET's"
+        );
+        assert_eq!(text(resp.into_body()).await, "");
+        let resp = Response::builder().status(204).body(full("")).unwrap();
+        let resp = response(&r, Seen::default(), resp).await.unwrap();
+        assert!(resp.headers().get("content-length").is_none());
+        assert_eq!(text(resp.into_body()).await, "");
     }
 
     #[test]
