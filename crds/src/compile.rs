@@ -15,7 +15,7 @@ use crate::cidr::Cidr;
 use crate::report::{Kind, ObjectRef, Problem, Report, reasons};
 use crate::resources::allowlist::ExternalAllowlistSpec;
 use crate::resources::common::{AllowedNamespaces, NamespacesFrom, SecretKeyRef, parse_duration_ms};
-use crate::resources::route::{CsrfMode, HttpMethod};
+use crate::resources::route::{CsrfMode, HttpMethod, Transform};
 use crate::resources::session::{ChainProof, MIN_CHAIN_KEY_SECRET_BYTES};
 use crate::resources::vault::{StaticToken, is_token_id};
 use crate::resources::{
@@ -26,6 +26,7 @@ use crate::snapshot::{
     InjectedHeader, RenamedHeader, Route, SIGNATURE_HEADER, SNAPSHOT_FORMAT, SecretId, SecretSnapshot, Snapshot,
     secret_id,
 };
+use crate::transform::{RESERVED_HEADERS, Side};
 
 /// Namespace of a resource whose manifest names none, as kubectl would apply it.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -818,12 +819,19 @@ impl Compiler<'_> {
             session_chain,
             vault_rules,
             rate_limit: spec.rate_limit.clone(),
+            transform: spec
+                .transform
+                .clone()
+                .filter(|t| !t.request.is_empty() || !t.response.is_empty()),
         })
     }
 
     /// Combinations of route fields that each make sense alone but not together.
     fn combination_problems(&self, spec: &crate::resources::ProxyRouteSpec) -> Option<Vec<Problem>> {
-        let mut problems = Vec::new();
+        let mut problems = spec
+            .transform
+            .as_ref()
+            .map_or_else(Vec::new, |t| transform_problems(t, spec));
         if spec.cookie_passthrough && spec.cookie_translation_ref.is_some() {
             problems.push(problem(
                 "spec.cookiePassthrough",
@@ -1182,6 +1190,45 @@ fn duration_or(value: &Option<String>, default: u64, field: &str, problems: &mut
             default
         }
     }
+}
+
+/// What CEL rules on the type cannot say about a route's transform: each expression parses and
+/// reads only what its side may read (see [`crate::transform::check`]), and no operation touches
+/// a header Keygate owns, or one `forwardHeaders` sets (it would be overwritten, silently).
+fn transform_problems(t: &Transform, spec: &crate::resources::ProxyRouteSpec) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (side, list, ops) in [
+        (Side::Request, "request", &t.request),
+        (Side::Response, "response", &t.response),
+    ] {
+        for (i, op) in ops.iter().enumerate() {
+            let at = format!("spec.transform.{list}[{i}]");
+            if let Some(name) = &op.name {
+                let lower = name.to_ascii_lowercase();
+                if RESERVED_HEADERS.contains(&lower.as_str()) {
+                    problems.push(problem(
+                        &format!("{at}.name"),
+                        format!("{name} is a header Keygate itself writes or removes; transforms may not change it"),
+                    ));
+                } else if side == Side::Request
+                    && spec.forward_headers.iter().any(|h| h.name.eq_ignore_ascii_case(name))
+                {
+                    problems.push(problem(
+                        &format!("{at}.name"),
+                        format!(
+                            "{name} is set by forwardHeaders, which replaces what a transform writes; change it there"
+                        ),
+                    ));
+                }
+            }
+            if let Some(value) = &op.value
+                && let Err(message) = crate::transform::check(value, side)
+            {
+                problems.push(problem(&format!("{at}.value"), message));
+            }
+        }
+    }
+    problems
 }
 
 /// Trailing slashes do not make a different prefix: `/api/` and `/api` claim the same paths.

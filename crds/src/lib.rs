@@ -15,6 +15,7 @@ pub mod manifests;
 pub mod report;
 pub mod resources;
 pub mod snapshot;
+pub mod transform;
 
 pub use compile::{Compiled, Resources, compile};
 pub use report::{Kind, ObjectRef, Problem, Report};

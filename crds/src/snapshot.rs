@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::resources::{
     allowlist::ExternalAllowlistSpec,
     cookie::CookieTranslationSpec,
-    route::{ApiKeyAuth, AuthMode, CsrfMode, RateLimit, UpstreamProtocol},
+    route::{ApiKeyAuth, AuthMode, CsrfMode, RateLimit, Transform, UpstreamProtocol},
     session::SessionChainPolicySpec,
     vault::TokenVaultRuleSpec,
 };
@@ -141,6 +141,10 @@ pub struct Route {
     /// Rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Request and answer rewrites, as written (the proxy compiles the expressions once per
+    /// config); `None` when both lists are empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<Transform>,
 }
 
 impl Route {

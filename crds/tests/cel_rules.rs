@@ -669,3 +669,104 @@ fn allowed_namespaces_rules_on_every_shareable_kind() {
         assert_refused(kind, &cases);
     }
 }
+
+#[test]
+fn transforms_and_inbound_tokenization_valid() {
+    assert_accepted(
+        Kind::ProxyRoute,
+        &["
+            upstream: https://api.example.com
+            transform:
+              request:
+              - {op: setHeader, name: x-user, value: \"request.headers['x-user-id'] + ':' + request.method\"}
+              - {op: removeHeader, name: x-debug}
+              - {op: setJsonField, pointer: /meta/source, value: \"'keygate'\"}
+              - {op: removeJsonField, pointer: /internal}
+              response:
+              - {op: replaceJsonBody, value: \"{'data': response.body, 'status': response.status, 'path': request.path}\"}"],
+    );
+    assert_accepted(
+        Kind::TokenVaultRule,
+        &["
+            source: {store: memory, encryptionKeys: [{name: vault-key, key: k1}]}
+            permissions: [{classification: pci, locations: [body]}]
+            tokenizeRequest: {pointers: [/sensitive_value], formFields: [card_number], classification: pci, ttl: 1h}"],
+    );
+}
+
+#[test]
+fn transform_and_inbound_tokenization_mistakes_name_the_field() {
+    let route = |ops: &str| format!("{{upstream: 'https://a.example', transform: {{request: [{ops}]}}}}");
+    let answer = |ops: &str| format!("{{upstream: 'https://a.example', transform: {{response: [{ops}]}}}}");
+    let cases = [
+        (
+            route("{op: setHeader, name: x-a, value: \"request.method = 'GET'\"}"),
+            "spec.transform.request[0].value",
+            "CEL syntax error at line 1, column 16: Syntax error: token recognition error at: '= '",
+        ),
+        (
+            route("{op: setHeader, name: x-a, value: 'response.status'}"),
+            "spec.transform.request[0].value",
+            "response is only known in transform.response operations",
+        ),
+        (
+            answer("{op: setHeader, name: x-a, value: 'req.path'}"),
+            "spec.transform.response[0].value",
+            "unknown variable req; response operations can read request and response",
+        ),
+        (
+            route("{op: setHeader, name: x-a, value: 'upper(request.path)'}"),
+            "spec.transform.request[0].value",
+            "unknown function upper(); use the CEL standard functions (size, contains, startsWith, matches, string, int, ...)",
+        ),
+        (
+            route("{op: setJsonField, pointer: /a, value: \"1 + 'a'\"}"),
+            "spec.transform.request[0].value",
+            "the expression always fails: a value has the wrong type for the operation or function",
+        ),
+        (
+            route("{op: setHeader, name: Set-Cookie, value: \"'a=b'\"}"),
+            "spec.transform.request[0].name",
+            "Set-Cookie is a header Keygate itself writes or removes; transforms may not change it",
+        ),
+        (
+            route("{op: removeHeader, name: x-a, value: \"'b'\"}"),
+            "spec.transform.request[0]",
+            "value (a CEL expression) is needed by setHeader, setJsonField and replaceJsonBody, and taken by no other operation",
+        ),
+        (
+            route("{op: setJsonField, value: \"'b'\"}"),
+            "spec.transform.request[0]",
+            "pointer is the JSON field of setJsonField and removeJsonField, and only of those",
+        ),
+        (
+            route("{op: removeJsonField, pointer: a}"),
+            "spec.transform.request[0].pointer",
+            "pointer must be a JSON pointer starting with '/', e.g. /customer/id",
+        ),
+    ];
+    let cases: Vec<(&str, &str, &str)> = cases.iter().map(|(s, f, m)| (s.as_str(), *f, *m)).collect();
+    assert_refused(Kind::ProxyRoute, &cases);
+
+    let mem = "{store: memory, encryptionKeys: [{name: vault-key, key: k1}]}";
+    let perm = "permissions: [{classification: pci}]";
+    let cases = [
+        (
+            format!("{{source: {{}}, {perm}, tokenizeRequest: {{pointers: [/a], classification: pci}}}}"),
+            "spec",
+            "tokenizeRequest needs a dynamic store for the new tokens: set source.store to memory or redis",
+        ),
+        (
+            format!("{{source: {mem}, {perm}, tokenizeRequest: {{classification: pci}}}}"),
+            "spec.tokenizeRequest",
+            "tokenizeRequest needs pointers (JSON bodies) or formFields (form bodies), or both",
+        ),
+        (
+            format!("{{source: {mem}, {perm}, tokenizeRequest: {{pointers: [a], classification: pci}}}}"),
+            "spec.tokenizeRequest.pointers",
+            "pointers must be JSON pointers starting with '/'",
+        ),
+    ];
+    let cases: Vec<(&str, &str, &str)> = cases.iter().map(|(s, f, m)| (s.as_str(), *f, *m)).collect();
+    assert_refused(Kind::TokenVaultRule, &cases);
+}

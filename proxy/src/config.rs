@@ -110,6 +110,8 @@ pub struct LiveRoute {
     pub vault: Option<Arc<crate::vault::RouteVault>>,
     /// The session-chain policy every request must satisfy (`sessionChainRef`).
     pub chain: Option<Arc<ChainPolicy>>,
+    /// Request and answer rewrites (`transform`), expressions compiled.
+    pub transform: Option<crate::pipeline::transform::Transform>,
 }
 
 /// A route's destination, parsed.
@@ -353,6 +355,12 @@ fn build_route(
             Some((header, ApiKeys::from_secret(secrets, ns, &auth.keys_secret_ref.name)))
         }
     };
+    let transform = route
+        .transform
+        .as_ref()
+        .map(crate::pipeline::transform::Transform::build)
+        .transpose()
+        .map_err(|(field, message)| bad(&field, message))?;
     let connect_timeout = Duration::from_millis(route.connect_timeout_ms);
     let (key, client) = match &target {
         Target::Fixed { .. } => {
@@ -389,6 +397,7 @@ fn build_route(
             destination_headers: referenced.destination_headers.clone(),
             vault: None,
             chain: None,
+            transform,
         },
     ))
 }

@@ -125,12 +125,25 @@ pub enum ProxyError {
     /// The tokenize endpoint may not create tokens of this classification.
     #[error("this classification may not be tokenized here: use one the vault rule permits")]
     ClassificationNotAllowed,
-    /// A JSON answer whose fields must be tokenized is larger than Keygate buffers.
-    #[error("the upstream's JSON answer exceeds {0} bytes and cannot be tokenized")]
+    /// A JSON answer Keygate must rewrite (tokenize, transform) is larger than it buffers.
+    #[error("the upstream's JSON answer exceeds {0} bytes, more than Keygate reads to tokenize or transform it")]
     ResponseTooLarge(u64),
     /// A JSON answer whose fields must be tokenized cannot be read.
     #[error("the upstream's answer cannot be tokenized: {0}")]
     ResponseNotTokenizable(&'static str),
+    /// The route tokenizes request fields, and the body cannot be read as its content type says.
+    #[error("the request body cannot be tokenized: {0}")]
+    RequestNotTokenizable(&'static str),
+    /// A transform operation failed at run time; nothing of the message was rewritten.
+    #[error("{op} failed: {reason}")]
+    TransformFailed {
+        /// Whether it was an answer operation (502) rather than a request one (400).
+        answer: bool,
+        /// The operation: `transform.request[1] (setHeader x-user)`.
+        op: String,
+        /// Why, without any value.
+        reason: &'static str,
+    },
     /// A session-chain request without a session id header.
     #[error("the request carries no session id; create a session first")]
     InvalidSession,
@@ -204,6 +217,8 @@ impl ProxyError {
             ProxyError::ClassificationNotAllowed => "CLASSIFICATION_NOT_ALLOWED",
             ProxyError::ResponseTooLarge(_) => "RESPONSE_TOO_LARGE",
             ProxyError::ResponseNotTokenizable(_) => "RESPONSE_NOT_TOKENIZABLE",
+            ProxyError::RequestNotTokenizable(_) => "REQUEST_NOT_TOKENIZABLE",
+            ProxyError::TransformFailed { .. } => "TRANSFORM_FAILED",
             ProxyError::InvalidSession => "INVALID_SESSION",
             ProxyError::SessionTimeOut => "SESSION_TIME_OUT",
             ProxyError::InvalidRequestId => "INVALID_REQUEST_ID",
@@ -247,6 +262,9 @@ impl ProxyError {
             ProxyError::TokenNotPermitted { .. } | ProxyError::ClassificationNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::VaultUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ResponseTooLarge(_) | ProxyError::ResponseNotTokenizable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::RequestNotTokenizable(_) => StatusCode::BAD_REQUEST,
+            ProxyError::TransformFailed { answer: false, .. } => StatusCode::BAD_REQUEST,
+            ProxyError::TransformFailed { answer: true, .. } => StatusCode::BAD_GATEWAY,
             ProxyError::InvalidSession
             | ProxyError::SessionTimeOut
             | ProxyError::InvalidRequestId

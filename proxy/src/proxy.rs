@@ -23,7 +23,7 @@ use crate::pipeline::client::{self, Client, Connection, TrustedProxies};
 use crate::pipeline::cookie::Step;
 use crate::pipeline::cors::Cors;
 use crate::pipeline::path::{self, BadPath};
-use crate::pipeline::{auth, chain, csrf, limits, ratelimit, request, response, trace};
+use crate::pipeline::{auth, chain, csrf, limits, ratelimit, request, response, trace, transform};
 use crate::store::Stores;
 use crate::upstream::ClientCache;
 use crate::vault;
@@ -207,6 +207,25 @@ async fn send(
     let websocket = (route.spec.websocket && websocket::is_handshake(&parts))
         .then(|| websocket::ClientSide::take(&mut parts))
         .flatten();
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let body = StallingBody::new(body, shared.limits.body_idle_timeout, stalled.clone());
+    let body = LimitedBody::new(body, route.spec.body_limit, exceeded.clone()).boxed();
+    // A stage that read the body failed because it stopped arriving: that is the client's 408.
+    let timed_out = |e: ProxyError| {
+        if stalled.load(Ordering::Acquire) {
+            ProxyError::RequestTimeout(shared.limits.body_idle_timeout.as_secs())
+        } else {
+            e
+        }
+    };
+    // Inbound tokenization first, so no later stage (transforms included) ever holds a raw value;
+    // then the transform, before Keygate adds secrets or swaps tokens for data, so no expression
+    // can read either.
+    let body = vault::tokenize_request(route, &mut parts, body)
+        .await
+        .map_err(timed_out)?;
+    let (body, seen) = transform::request(route, &mut parts, body).await.map_err(timed_out)?;
     // Headers first: an HTTP/2 client's host is the request URI's authority, about to be replaced.
     request::rewrite_headers(route, &mut parts, client);
     if websocket.is_some() {
@@ -226,16 +245,7 @@ async fn send(
     // The client connection picks HTTP/1.1 or HTTP/2 for the upstream hop itself.
     parts.version = Version::HTTP_11;
 
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let stalled = Arc::new(AtomicBool::new(false));
-    let body = StallingBody::new(body, shared.limits.body_idle_timeout, stalled.clone());
-    let body = LimitedBody::new(body, route.spec.body_limit, exceeded.clone()).boxed();
-    let body = match vault::detokenize(route, &mut parts, body).await {
-        Err(_) if stalled.load(Ordering::Acquire) => {
-            return Err(ProxyError::RequestTimeout(shared.limits.body_idle_timeout.as_secs()));
-        }
-        result => result?,
-    };
+    let body = vault::detokenize(route, &mut parts, body).await.map_err(timed_out)?;
     let sent = Instant::now();
     let outcome = tokio::time::timeout(
         route.request_timeout,
@@ -272,10 +282,12 @@ async fn send(
     response::rewrite_headers(route, &mut parts);
     let body = vault::tokenize(route, &mut parts, body.map_err(Into::into).boxed()).await?;
     let resp = Response::from_parts(parts, body);
-    match (step, &route.cookie) {
-        (Step::SessionStart, Some(cookie)) => cookie.start(resp, route.spec.body_limit).await,
-        _ => Ok(resp),
-    }
+    let resp = match (step, &route.cookie) {
+        (Step::SessionStart, Some(cookie)) => cookie.start(resp, route.spec.body_limit).await?,
+        _ => resp,
+    };
+    // Last, on what the client would get: the session token is already out of the answer.
+    transform::response(route, seen, resp).await
 }
 
 /// Names the failure the way a person debugging an upstream would want it named.

@@ -463,3 +463,29 @@ fn bad_edge_flags_name_the_flag_and_the_fix() {
     let err = serve(&["--tls-cert", "/nonexistent/tls.crt"]);
     assert!(err.contains("--tls-key"), "{err}");
 }
+
+#[test]
+fn check_names_transform_expression_errors_by_field() {
+    let good = route_yaml(
+        "fine",
+        "/fine",
+        "https://api.example.com",
+        "  transform:\n    request:\n    - {op: setHeader, name: x-user, value: \"request.headers['x-user-id']\"}",
+    );
+    let bad = route_yaml(
+        "bad-cel",
+        "/bad",
+        "https://api.example.com",
+        "  transform:\n    request:\n    - {op: setHeader, name: x-a, value: \"request.method = 'GET'\"}\n    response:\n    - {op: setJsonField, pointer: /a, value: 'request.body.x + response.nope()'}",
+    );
+    let (code, out, err) = check(&[("a-good.yaml", &good), ("b-bad.yaml", &bad)]);
+    assert_eq!(code, 1, "{out}{err}");
+    let expect = [
+        "ProxyRoute/default/bad-cel: spec.transform.request[0].value: CEL syntax error at line 1, column 16",
+        "ProxyRoute/default/bad-cel: spec.transform.response[0].value: unknown function nope()",
+    ];
+    for line in expect {
+        assert!(out.lines().any(|l| l.starts_with(line)), "missing {line:?} in:\n{out}");
+    }
+    assert!(!out.contains("default/fine:"), "the good route has no problem: {out}");
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use common::*;
-use http::{Request, Response};
+use http::Response;
 use http_body_util::Full;
 use keygate_tests::logs;
 use keygate_tests::redis::{RedisCluster, RedisServer, SentinelGroup};
@@ -126,14 +126,6 @@ async fn setup(store: Store) -> (Proxy, Upstream, Upstream) {
     .await;
     let proxy = Proxy::start(&manifests(&upstream.url(), &json_upstream.url(), &store)).await;
     (proxy, upstream, json_upstream)
-}
-
-async fn post(url: &str, content_type: &str, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Got {
-    let mut b = Request::post(url).header("content-type", content_type);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    send(b.body(Full::new(body.into())).unwrap()).await
 }
 
 fn body_str(seen: &Seen) -> String {

@@ -95,6 +95,20 @@ fn cel_rules_refuse_bad_resources_at_apply() {
                 + "  cookie: {sameSite: None, secure: false}\n  header: {name: Authorization}\n  sessionStart: {path: /login, tokenPointer: /token}\n",
             "sameSite: None requires secure: true",
         ),
+        (
+            route(
+                "bad",
+                "/a",
+                "https://api.example.com",
+                "  transform:\n    request:\n    - {op: removeHeader, name: x-a, value: \"'b'\"}",
+            ),
+            "value (a CEL expression) is needed by setHeader, setJsonField and replaceJsonBody",
+        ),
+        (
+            head("TokenVaultRule")
+                + "  source: {store: none}\n  permissions: [{classification: pci}]\n  tokenizeRequest: {pointers: [/card], classification: pci}\n",
+            "tokenizeRequest needs a dynamic store",
+        ),
     ];
     for (yaml, message) in cases {
         let out = kubectl(&["apply", "-n", &ns.0, "-f", "-"], Some(&yaml));
@@ -178,6 +192,27 @@ async fn applied_route_is_served_updated_without_errors_and_deleted() {
     assert_eq!(gone.error_code(), "ROUTE_NOT_FOUND");
     op.stop().await;
     assert_not_logged("e2e-secret-key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transform_expression_errors_reach_the_status_naming_the_field() {
+    let ns = Namespace::new("transform");
+    let op = Operator::start(&ns.0, "op-a").await;
+    // The schema and its CEL rules accept it (the API server cannot parse the expression);
+    // compile() in the operator refuses it, and the status says where and why.
+    ns.apply(&route(
+        "api",
+        "/api",
+        "https://api.example.com",
+        "  transform:\n    request:\n    - {op: setHeader, name: x-user, value: \"request.headers['x-user-id'] +\"}",
+    ));
+    let (status, reason, message) = eventually(20, "Ready=False", || ready_condition(&ns.0, "api")).await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Invalid"));
+    assert!(
+        message.starts_with("spec.transform.request[0].value: CEL syntax error at line 1"),
+        "{message}"
+    );
+    op.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,6 +172,91 @@ pub struct ProxyRouteSpec {
     /// Request rate limit for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+
+    /// Rewrites of the request before it goes upstream and of the answer before it goes back:
+    /// ordered operations whose values are CEL expressions over `request` (and `response`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<Transform>,
+}
+
+/// Ordered rewrites of a route's requests and answers. Expressions are CEL, evaluated with
+/// `request` (`method`, `path`, `query`, `headers`, `body`) and, in `response` operations,
+/// `response` (`status`, `headers`, `body`); CEL cannot loop or reach the network.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Transform {
+    /// Applied in order to the request after inbound tokenization, before Keygate adds its own
+    /// headers (secrets, translated cookies) and before `{{token}}` detokenization.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub request: Vec<TransformOp>,
+    /// Applied in order to the answer after response tokenization and session start, just
+    /// before it goes to the client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub response: Vec<TransformOp>,
+}
+
+/// One rewrite: `setHeader` (`name`, `value`), `removeHeader` (`name`), `setJsonField`
+/// (`pointer`, `value`), `removeJsonField` (`pointer`), `replaceJsonBody` (`value`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(self.op == 'setHeader' || self.op == 'removeHeader') == has(self.name)").message("name is the header of setHeader and removeHeader, and only of those"))]
+#[x_kube(validation = Rule::new("(self.op == 'setJsonField' || self.op == 'removeJsonField') == has(self.pointer)").message("pointer is the JSON field of setJsonField and removeJsonField, and only of those"))]
+#[x_kube(validation = Rule::new("(self.op == 'setHeader' || self.op == 'setJsonField' || self.op == 'replaceJsonBody') == has(self.value)").message("value (a CEL expression) is needed by setHeader, setJsonField and replaceJsonBody, and taken by no other operation"))]
+pub struct TransformOp {
+    /// What to do.
+    pub op: TransformOpKind,
+    /// Header name, for `setHeader` and `removeHeader`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", token_re!(), "')")).message("name must be an HTTP header name"))]
+    pub name: Option<String>,
+    /// JSON pointer of the field, e.g. `/customer/id`, for `setJsonField` and `removeJsonField`.
+    /// `setJsonField` creates missing objects on the way; `-` as the last token appends to an array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("pointer must be a JSON pointer starting with '/', e.g. /customer/id"))]
+    pub pointer: Option<String>,
+    /// CEL expression giving the new value: a string (or number or bool) for a header, any JSON
+    /// value for a field or the whole body. E.g. `request.headers['x-user'] + ':' + request.method`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub value: Option<String>,
+}
+
+/// A transform operation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TransformOpKind {
+    /// Set a header to `value`, replacing any of that name.
+    SetHeader,
+    /// Remove every header of that name.
+    RemoveHeader,
+    /// Set the JSON body's field at `pointer` to `value`.
+    SetJsonField,
+    /// Remove the JSON body's field at `pointer`, if there is one.
+    RemoveJsonField,
+    /// Replace the whole body with `value` as JSON.
+    ReplaceJsonBody,
+}
+
+impl TransformOpKind {
+    /// The name as resources write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransformOpKind::SetHeader => "setHeader",
+            TransformOpKind::RemoveHeader => "removeHeader",
+            TransformOpKind::SetJsonField => "setJsonField",
+            TransformOpKind::RemoveJsonField => "removeJsonField",
+            TransformOpKind::ReplaceJsonBody => "replaceJsonBody",
+        }
+    }
+
+    /// Whether the operation reads or writes the body, which then has to be buffered.
+    pub fn touches_body(self) -> bool {
+        !matches!(self, TransformOpKind::SetHeader | TransformOpKind::RemoveHeader)
+    }
 }
 
 /// A DNS name of letters, digits and `-` labels, optionally behind one leading `*.`: ports,

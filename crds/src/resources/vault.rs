@@ -28,6 +28,7 @@ use super::common::{SecretKeyRef, SecretRef, Status};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.tokenizeResponse) || self.source.store != 'none'").message("tokenizeResponse needs a dynamic store for the new tokens: set source.store to memory or redis"))]
+#[x_kube(validation = Rule::new("!has(self.tokenizeRequest) || self.source.store != 'none'").message("tokenizeRequest needs a dynamic store for the new tokens: set source.store to memory or redis"))]
 #[x_kube(validation = Rule::new("!has(self.tokenizeEndpoint) || self.source.store != 'none'").message("tokenizeEndpoint needs a dynamic store for the new tokens: set source.store to memory or redis"))]
 pub struct TokenVaultRuleSpec {
     /// Where token values are read from.
@@ -42,6 +43,10 @@ pub struct TokenVaultRuleSpec {
     /// Upstream answer fields to vault before the answer reaches the browser.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenize_response: Option<TokenizeResponse>,
+    /// Request body fields to vault before the request goes upstream (inbound tokenization):
+    /// the upstream, the logs and every later stage see only the new tokens' ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenize_request: Option<TokenizeRequest>,
     /// An endpoint Keygate serves itself, `POST <path>/tokens`, where an app's backend stores
     /// data as new tokens of this rule without the data passing through the browser.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,6 +143,33 @@ pub struct TokenizeResponse {
     #[schemars(length(min = 1, max = 63))]
     pub classification: String,
     /// Lifetime of the new tokens, e.g. `24h`. Default: no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new(super::common::DURATION_RULE).message(super::common::DURATION_MESSAGE))]
+    pub ttl: Option<String>,
+}
+
+/// Request body fields to vault on the way in. A JSON body's fields are named by JSON pointer,
+/// a form body's (`application/x-www-form-urlencoded`) by field name; a body that does not parse
+/// as its content type says is refused (`400`), never forwarded as it came.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.pointers) && size(self.pointers) > 0) || (has(self.formFields) && size(self.formFields) > 0)").message("tokenizeRequest needs pointers (JSON bodies) or formFields (form bodies), or both"))]
+pub struct TokenizeRequest {
+    /// JSON pointers of the fields, e.g. `/sensitive_value` or `/card/number`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
+    #[x_kube(validation = Rule::new("self.all(p, p.startsWith('/'))").message("pointers must be JSON pointers starting with '/'"))]
+    pub pointers: Vec<String>,
+    /// Names of form fields, e.g. `card_number`; every field of that name is vaulted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub form_fields: Vec<String>,
+    /// Classification of the new tokens; it decides where they may be detokenized.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([a-z0-9-]*[a-z0-9])?$')").message("classification must be lower-case letters, digits and '-'"))]
+    pub classification: String,
+    /// Lifetime of the new tokens, e.g. `1h`. Default: no expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new(super::common::DURATION_RULE).message(super::common::DURATION_MESSAGE))]

@@ -5,10 +5,11 @@
 //! logout intercepted) → [`auth`] (cookie translated, API key
 //! checked) → [`csrf`] (unsafe methods) → [`ratelimit`] (token buckets) → [`chain`] (session-chain
 //! check and advance, each link proven as [`proof`] says; its create path is served before routing) → destination (see
-//! [`crate::external`]) → vault detokenization (see [`crate::vault`]) → [`request`] (the upstream
-//! request: URL, header hygiene, injected headers) → upstream (see [`crate::proxy`]) →
-//! [`response`] (header hygiene and renames on the way back; the login answer becomes a cookie;
-//! answers tokenized; CORS headers on every answer).
+//! [`crate::external`]) → inbound tokenization (`tokenizeRequest`, see [`crate::vault`]) →
+//! [`transform`] (CEL request operations) → [`request`] (the upstream request: URL, header
+//! hygiene, injected headers) → vault detokenization → upstream (see [`crate::proxy`]) →
+//! [`response`] (header hygiene and renames on the way back; answers tokenized; the login answer
+//! becomes a cookie; then the [`transform`] answer operations; CORS headers on every answer).
 
 pub mod auth;
 pub mod chain;
@@ -23,6 +24,7 @@ pub mod ratelimit;
 pub mod request;
 pub mod response;
 pub mod trace;
+pub mod transform;
 
 use http::header::{self, HeaderMap, HeaderName};
 

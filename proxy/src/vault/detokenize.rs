@@ -403,7 +403,7 @@ fn may_hold_expression(raw: &[u8]) -> bool {
 
 /// `application/x-www-form-urlencoded` decoding of one name or value: `+` is a space, `%XX` a
 /// byte; a `%` not followed by two hex digits stays as it is.
-fn form_decode(raw: &[u8]) -> Vec<u8> {
+pub(crate) fn form_decode(raw: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -425,7 +425,7 @@ fn form_decode(raw: &[u8]) -> Vec<u8> {
 }
 
 /// `application/x-www-form-urlencoded` encoding, as browsers write it.
-fn form_encode(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn form_encode(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     for &b in bytes {
         match b {

@@ -13,6 +13,7 @@
 pub mod detokenize;
 pub mod endpoint;
 pub mod expr;
+pub mod inbound;
 pub mod tokenize;
 pub mod tokens;
 
@@ -27,6 +28,7 @@ use crate::config::{ConfigError, LiveRoute};
 use crate::error::ProxyError;
 use crate::pipeline::limits::media_type;
 use crate::store::{StoreError, Stores};
+pub(crate) use detokenize::{form_decode, form_encode};
 use endpoint::Endpoint;
 use tokens::VaultRule;
 
@@ -41,6 +43,10 @@ pub struct RouteVault {
 impl RouteVault {
     fn tokenizes(&self) -> bool {
         self.rules.iter().any(|r| r.tokenize.is_some())
+    }
+
+    fn tokenizes_requests(&self) -> bool {
+        self.rules.iter().any(|r| r.inbound.is_some())
     }
 }
 
@@ -114,6 +120,20 @@ pub async fn detokenize(route: &LiveRoute, parts: &mut http::request::Parts, bod
     }
 }
 
+/// Vaults the request body fields named by the route's `tokenizeRequest` rules (see
+/// [`inbound`]); otherwise passes the body on untouched. `body` is already limited to the
+/// route's `bodyLimit`.
+pub async fn tokenize_request(
+    route: &LiveRoute,
+    parts: &mut http::request::Parts,
+    body: Body,
+) -> Result<Body, ProxyError> {
+    match &route.vault {
+        Some(vault) if vault.tokenizes_requests() => inbound::request(vault, parts, body).await,
+        _ => Ok(body),
+    }
+}
+
 /// Tokenizes the fields of a JSON answer on a route whose vault rules ask for it (see
 /// [`tokenize`](mod@tokenize)); otherwise passes the body on untouched.
 pub async fn tokenize(route: &LiveRoute, parts: &mut http::response::Parts, body: Body) -> Result<Body, ProxyError> {
@@ -130,6 +150,6 @@ fn unavailable(rule: &VaultRule, e: StoreError) -> ProxyError {
 }
 
 /// `application/json` and every `+json` type.
-fn is_json(media: &str) -> bool {
+pub(crate) fn is_json(media: &str) -> bool {
     media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }

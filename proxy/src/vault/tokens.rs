@@ -67,6 +67,18 @@ pub struct TokenizeSpec {
     pub ttl: Option<Duration>,
 }
 
+/// What `tokenizeRequest` asks for.
+pub struct InboundSpec {
+    /// JSON pointers of the fields of JSON bodies.
+    pub pointers: Vec<String>,
+    /// Names of the fields of form bodies.
+    pub form_fields: Vec<String>,
+    /// Classification of the new tokens.
+    pub classification: String,
+    /// Lifetime of the new tokens.
+    pub ttl: Option<Duration>,
+}
+
 /// One `TokenVaultRule`, ready to serve.
 pub struct VaultRule {
     /// `namespace/name`.
@@ -78,6 +90,8 @@ pub struct VaultRule {
     dynamic: Option<Dynamic>,
     /// `tokenizeResponse`.
     pub tokenize: Option<TokenizeSpec>,
+    /// `tokenizeRequest`.
+    pub inbound: Option<InboundSpec>,
 }
 
 impl std::fmt::Debug for VaultRule {
@@ -168,6 +182,18 @@ impl VaultRule {
         if tokenize.is_some() && dynamic.is_none() {
             return Err("spec.tokenizeResponse needs a dynamic store: set source.store to memory or redis".into());
         }
+        let inbound = match &spec.tokenize_request {
+            None => None,
+            Some(t) => Some(InboundSpec {
+                pointers: t.pointers.clone(),
+                form_fields: t.form_fields.clone(),
+                classification: t.classification.clone(),
+                ttl: parse_ttl(t.ttl.as_deref()).map_err(|e| format!("spec.tokenizeRequest.ttl: {e}"))?,
+            }),
+        };
+        if inbound.is_some() && dynamic.is_none() {
+            return Err("spec.tokenizeRequest needs a dynamic store: set source.store to memory or redis".into());
+        }
         Ok(VaultRule {
             id: Arc::from(id),
             permissions: spec
@@ -179,6 +205,7 @@ impl VaultRule {
             statics,
             dynamic,
             tokenize,
+            inbound,
         })
     }
 
@@ -196,6 +223,10 @@ impl VaultRule {
             && (self.permissions.iter().any(|(c, _)| c == classification)
                 || self
                     .tokenize
+                    .as_ref()
+                    .is_some_and(|t| t.classification == classification)
+                || self
+                    .inbound
                     .as_ref()
                     .is_some_and(|t| t.classification == classification))
     }

@@ -203,3 +203,12 @@ pub async fn within<F: Future>(what: &str, f: F) -> F::Output {
         .await
         .unwrap_or_else(|_| panic!("{what} took longer than {LIMIT:?}"))
 }
+
+/// POSTs `body` as `content_type` with extra `headers`.
+pub async fn post(url: &str, content_type: &str, body: impl Into<bytes::Bytes>, headers: &[(&str, &str)]) -> Got {
+    let mut b = http::Request::post(url).header("content-type", content_type);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(b.body(http_body_util::Full::new(body.into())).unwrap()).await
+}
