@@ -1,16 +1,22 @@
-//! `keygate-chain-bench`: the closed-loop load generator `bench/run` uses to measure what a
-//! session-chain check costs. wrk cannot drive a hash chain (every request's `x-request-id` is
+//! `keygate-chain-bench`: the load generator `bench/run` uses to measure what a session-chain
+//! check costs. wrk cannot drive a hash chain (every request's `x-request-id` is
 //! the SHA-256 of the previous one, and a session's requests must arrive in order), so each of
 //! `--concurrency` workers creates its own session and sends its chain one request at a time,
 //! as a browser does. Without `--create` the same workers send plain requests, the baseline.
 //!
 //! ```text
 //! keygate-chain-bench --url http://127.0.0.1:18083/bench/hello [--create URL --key KEY]
-//!                     [--concurrency 16] [--duration-ms 5000] [--warmup-ms 1000]
+//!                     [--concurrency 16] [--duration-ms 5000] [--warmup-ms 1000] [--rate R]
 //! ```
 //!
-//! Prints one line: `requests=N rps=R p50_ms=A p99_ms=B errors=E`. Latency is measured per
-//! request, over loopback, after the warm-up; any non-2xx answer counts as an error.
+//! Without `--rate` the workers are closed-loop: each sends its next request when the last is
+//! answered. With `--rate R` the load is open-loop at R requests/s in all: each worker's
+//! requests are due at fixed times, and a request's latency counts from when it was due, not
+//! from when it was sent, so a stall is charged to every request it delayed (no coordinated
+//! omission).
+//!
+//! Prints one line: `requests=N rps=R p50_ms=A p99_ms=B p999_ms=C errors=E`. Latency is
+//! measured after the warm-up; any non-2xx answer counts as an error.
 
 #![forbid(unsafe_code)]
 
@@ -23,7 +29,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
 
-const USAGE: &str = "usage: keygate-chain-bench --url URL [--create URL --key KEY] [--concurrency N] [--duration-ms MS] [--warmup-ms MS]";
+const USAGE: &str = "usage: keygate-chain-bench --url URL [--create URL --key KEY] [--concurrency N] [--duration-ms MS] [--warmup-ms MS] [--rate R]";
 
 struct Args {
     url: String,
@@ -32,6 +38,8 @@ struct Args {
     concurrency: usize,
     duration: Duration,
     warmup: Duration,
+    /// Open-loop requests/s over all workers; closed-loop when absent.
+    rate: Option<f64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -42,6 +50,7 @@ fn parse_args() -> anyhow::Result<Args> {
         concurrency: 16,
         duration: Duration::from_secs(5),
         warmup: Duration::from_secs(1),
+        rate: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +67,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--concurrency" => args.concurrency = value("--concurrency")?.parse().context("--concurrency")?,
             "--duration-ms" => args.duration = millis(value("--duration-ms")?)?,
             "--warmup-ms" => args.warmup = millis(value("--warmup-ms")?)?,
+            "--rate" => args.rate = Some(value("--rate")?.parse().context("--rate")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -67,6 +77,9 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if args.url.is_empty() || args.concurrency == 0 || args.duration.is_zero() {
         bail!("--url, a positive --concurrency and --duration-ms are required\n{USAGE}");
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of requests per second\n{USAGE}");
     }
     Ok(args)
 }
@@ -78,7 +91,12 @@ struct Tally {
     errors: u64,
 }
 
-async fn worker(args: &Args, measure_from: Instant, until: Instant) -> anyhow::Result<Tally> {
+async fn worker(
+    args: &Args,
+    offset: f64,
+    measure_from: Instant,
+    until: Instant,
+) -> anyhow::Result<Tally> {
     let client = keygate_tests::client();
     // (session id, last link) of this worker's chain.
     let mut chain = match &args.create {
@@ -105,7 +123,14 @@ async fn worker(args: &Args, measure_from: Instant, until: Instant) -> anyhow::R
         }
     };
     let mut tally = Tally::default();
+    // Open loop: this worker's share of the rate, its first request due at an
+    // evenly staggered offset so that the workers do not fire in lockstep.
+    let interval = args.rate.map(|r| Duration::from_secs_f64(args.concurrency as f64 / r));
+    let mut due = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(offset));
     while Instant::now() < until {
+        if let Some(interval) = interval {
+            tokio::time::sleep_until(due.into()).await;
+        }
         let mut req = Request::get(&args.url);
         let mut link = String::new();
         if let Some((id, last)) = &chain {
@@ -115,7 +140,7 @@ async fn worker(args: &Args, measure_from: Instant, until: Instant) -> anyhow::R
                 .header("x-session-id", id)
                 .header("x-request-id", &link);
         }
-        let started = Instant::now();
+        let started = if interval.is_some() { due } else { Instant::now() };
         let resp = client.request(req.body(Full::new(Bytes::new()))?).await?;
         let advanced = resp.headers().contains_key("x-keygate-chain");
         let ok = resp.status().is_success();
@@ -126,6 +151,9 @@ async fn worker(args: &Args, measure_from: Instant, until: Instant) -> anyhow::R
         }
         if let Some((_, last)) = chain.as_mut().filter(|_| advanced) {
             *last = link;
+        }
+        if let Some(interval) = interval {
+            due += interval;
         }
     }
     Ok(tally)
@@ -141,9 +169,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let measure_from = Instant::now() + args.warmup;
     let until = measure_from + args.duration;
     let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| {
+        .map(|i| {
             let args = args.clone();
-            tokio::spawn(async move { worker(&args, measure_from, until).await })
+            let offset = i as f64 / args.concurrency as f64;
+            tokio::spawn(async move { worker(&args, offset, measure_from, until).await })
         })
         .collect();
     let mut all = Tally::default();
@@ -157,11 +186,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     all.micros.sort_unstable();
     println!(
-        "requests={} rps={:.0} p50_ms={:.3} p99_ms={:.3} errors={}",
+        "requests={} rps={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} errors={}",
         all.micros.len(),
         all.micros.len() as f64 / args.duration.as_secs_f64(),
         percentile(&all.micros, 0.50),
         percentile(&all.micros, 0.99),
+        percentile(&all.micros, 0.999),
         all.errors
     );
     Ok(())
