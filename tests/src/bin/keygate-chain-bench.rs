@@ -91,12 +91,7 @@ struct Tally {
     errors: u64,
 }
 
-async fn worker(
-    args: &Args,
-    offset: f64,
-    measure_from: Instant,
-    until: Instant,
-) -> anyhow::Result<Tally> {
+async fn worker(args: &Args, offset: f64, measure_from: Instant, until: Instant) -> anyhow::Result<Tally> {
     let client = keygate_tests::client();
     // (session id, last link) of this worker's chain.
     let mut chain = match &args.create {
@@ -128,7 +123,7 @@ async fn worker(
     let interval = args.rate.map(|r| Duration::from_secs_f64(args.concurrency as f64 / r));
     let mut due = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(offset));
     while Instant::now() < until {
-        if let Some(interval) = interval {
+        if interval.is_some() {
             tokio::time::sleep_until(due.into()).await;
         }
         let mut req = Request::get(&args.url);

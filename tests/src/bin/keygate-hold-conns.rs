@@ -50,7 +50,12 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     match (addr, path) {
-        (Some(addr), Some(path)) if connections > 0 => Ok(Args { addr, path, connections, hold }),
+        (Some(addr), Some(path)) if connections > 0 => Ok(Args {
+            addr,
+            path,
+            connections,
+            hold,
+        }),
         _ => bail!("--addr, --path and a positive --connections are required\n{USAGE}"),
     }
 }
