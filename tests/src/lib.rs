@@ -24,6 +24,27 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+/// The `main` of a benchmark tool: parsed `args` run through `run` on `runtime`; an error is
+/// printed after the tool's name and exits with status 1.
+pub fn tool_main<A, F>(
+    name: &str,
+    mut runtime: tokio::runtime::Builder,
+    args: anyhow::Result<A>,
+    run: impl FnOnce(A) -> F,
+) -> std::process::ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    let result = args.and_then(|args| runtime.enable_all().build()?.block_on(run(args)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{name}: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// A release binary as `scripts/build-release` wrote it for the image, into
 /// `<target>/image-bin` (the tests run from `<target>/debug/deps`).
 pub fn release_bin(name: &str) -> std::path::PathBuf {

@@ -193,18 +193,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let result = parse_args().and_then(|args| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?
-            .block_on(run(args))
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("keygate-chain-bench: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    keygate_tests::tool_main(
+        "keygate-chain-bench",
+        tokio::runtime::Builder::new_multi_thread(),
+        parse_args(),
+        run,
+    )
 }

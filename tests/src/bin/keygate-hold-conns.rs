@@ -149,18 +149,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let result = parse_args().and_then(|args| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?
-            .block_on(run(args))
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("keygate-hold-conns: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    keygate_tests::tool_main(
+        "keygate-hold-conns",
+        tokio::runtime::Builder::new_current_thread(),
+        parse_args(),
+        run,
+    )
 }
