@@ -20,6 +20,13 @@ use keygate_proxy::server::{ListenerLimits, serve_admin, serve_proxy};
 use keygate_proxy::source::kube::KubeSource;
 use keygate_proxy::source::{self, Source};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "keygate-proxy",

@@ -70,30 +70,52 @@ pub fn ensure(headers: &mut HeaderMap) -> TraceId {
 
 /// A new sampled trace: version 00, random 16-byte trace id and 8-byte parent id.
 fn generate() -> (TraceId, HeaderValue) {
-    use ring::rand::SecureRandom;
-    let rng = ring::rand::SystemRandom::new();
     let mut bytes = [0u8; 24];
     loop {
-        if rng.fill(&mut bytes).is_err() {
-            // No system randomness is not a reason to refuse a request; a trace id only has
-            // to be unlikely to collide, so fall back to the clock.
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos());
-            bytes[..16].copy_from_slice(&nanos.to_le_bytes());
-            bytes[16..].copy_from_slice(&(nanos as u64 | 1).to_be_bytes());
-        }
+        random_bytes(&mut bytes);
         if bytes[..16].iter().any(|&b| b != 0) && bytes[16..].iter().any(|&b| b != 0) {
             break;
         }
     }
     let mut id = [0u8; 16];
     id.copy_from_slice(&bytes[..16]);
-    let value = format!("00-{}-{}-01", hex::encode(&bytes[..16]), hex::encode(&bytes[16..]));
+    // "00-" 32 hex "-" 16 hex "-01", written in place: no allocation but the header value's own.
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    hex::encode_to_slice(&bytes[..16], &mut value[3..35]).expect("32 hex digits fit");
+    hex::encode_to_slice(&bytes[16..], &mut value[36..52]).expect("16 hex digits fit");
     (
         TraceId(id),
-        HeaderValue::from_str(&value).expect("hex is a valid header value"),
+        HeaderValue::from_bytes(&value).expect("hex is a valid header value"),
     )
+}
+
+/// Trace ids drawn from the system's randomness, a batch per `getrandom` call: one call per
+/// request was a system call on every request that carried no trace.
+fn random_bytes(out: &mut [u8; 24]) {
+    use ring::rand::SecureRandom;
+    const BATCH: usize = 24 * 64;
+    thread_local! {
+        static POOL: std::cell::RefCell<([u8; BATCH], usize)> = const { std::cell::RefCell::new(([0; BATCH], BATCH)) };
+    }
+    POOL.with_borrow_mut(|(pool, used)| {
+        if *used == BATCH {
+            if ring::rand::SystemRandom::new().fill(pool).is_err() {
+                // No system randomness is not a reason to refuse a request; a trace id only has
+                // to be unlikely to collide, so fall back to the clock.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos());
+                out[..16].copy_from_slice(&nanos.to_le_bytes());
+                out[16..].copy_from_slice(&(nanos as u64 | 1).to_be_bytes());
+                return;
+            }
+            *used = 0;
+        }
+        out.copy_from_slice(&pool[*used..*used + 24]);
+        // Never handed out twice.
+        pool[*used..*used + 24].fill(0);
+        *used += 24;
+    });
 }
 
 #[cfg(test)]
