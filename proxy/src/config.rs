@@ -19,7 +19,7 @@ use crate::pipeline::cookie::CookieTranslation;
 use crate::pipeline::cors::Cors;
 use crate::router::Router;
 use crate::store::Stores;
-use crate::upstream::{ClientCache, ClientError, ClientKey, UpstreamClient};
+use crate::upstream::{ClientCache, ClientError, ClientKey, Clients};
 
 /// Why a snapshot cannot be served. Names routes, headers and secret ids, never values.
 #[derive(Debug, thiserror::Error)]
@@ -93,8 +93,8 @@ pub struct LiveRoute {
     pub inject: Vec<(HeaderName, HttpHeaderValue)>,
     /// Response renames.
     pub renames: Vec<(HeaderName, HeaderName)>,
-    /// Connection pool for this route's upstream.
-    pub client: UpstreamClient,
+    /// Connection pools for this route's upstream, one per worker.
+    pub client: Clients,
     /// Time to response headers.
     pub request_timeout: Duration,
     /// CORS rules.

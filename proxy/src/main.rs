@@ -16,9 +16,10 @@ use keygate_proxy::edge::tls::{Certs, MinVersion, TlsFiles};
 use keygate_proxy::pipeline::client::TrustedProxies;
 use keygate_proxy::process::{init_logging, shutdown_signal};
 use keygate_proxy::proxy::{RequestLimits, Shared};
-use keygate_proxy::server::{ListenerLimits, serve_admin, serve_proxy};
+use keygate_proxy::server::{ListenerLimits, bind_workers, serve_admin, serve_worker};
 use keygate_proxy::source::kube::KubeSource;
 use keygate_proxy::source::{self, Source};
+use keygate_proxy::upstream::{ClientCache, enter_worker};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -79,7 +80,8 @@ struct Serve {
     /// Admin listen address (/healthz, /readyz, /metrics).
     #[arg(long, env = "KEYGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9901")]
     admin_listen: SocketAddr,
-    /// Worker threads. Default: one per core.
+    /// Workers: threads with their own event loop and their own listening socket
+    /// (`SO_REUSEPORT`). Default: one per core.
     #[arg(long, env = "KEYGATE_WORKERS")]
     workers: Option<usize>,
     /// How often to look for configuration changes, in milliseconds.
@@ -189,22 +191,24 @@ fn check(dir: &std::path::Path) -> ExitCode {
 }
 
 fn run(args: Box<Serve>) -> anyhow::Result<()> {
-    // One worker: a current-thread runtime, which skips the work-stealing scheduler's
-    // cross-thread wake-ups that buy nothing with a single worker.
-    let mut runtime = match args.workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = runtime.enable_all().build().context("starting the runtime")?;
-    runtime.block_on(serve(*args))
+    // Thread per core: each worker is a current-thread runtime with its own listener, so a
+    // request never leaves the thread that accepted it (no work stealing, no cross-thread
+    // wake-ups). The first worker also runs the control tasks (config source, admin port).
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    worker_runtime()?.block_on(serve(*args, workers))
 }
 
-async fn serve(args: Serve) -> anyhow::Result<()> {
+fn worker_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+async fn serve(args: Serve, workers: usize) -> anyhow::Result<()> {
     let source = match (&args.manifests, &args.config_dir) {
         (Some(dir), _) => Source::Manifests(dir.clone()),
         (None, Some(dir)) => Source::Snapshot {
@@ -221,6 +225,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         }
     };
     let shared = Arc::new(Shared {
+        clients: ClientCache::default().for_workers(workers),
         trusted_proxies: TrustedProxies::new(args.trusted_proxies.clone()),
         limits: RequestLimits {
             max_headers: args.max_headers,
@@ -256,9 +261,10 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         }
     };
 
-    let proxy_listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let mut proxy_listeners = bind_workers(args.listen, workers)
+        .with_context(|| format!("binding {}", args.listen))?
+        .into_iter();
+    let proxy_listener = tokio::net::TcpListener::from_std(proxy_listeners.next().expect("one listener per worker"))?;
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding {}", args.admin_listen))?;
@@ -266,6 +272,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         proxy = %proxy_listener.local_addr()?,
         admin = %admin_listener.local_addr()?,
         tls = edge.tls.is_some(),
+        workers,
         proxy_protocol = edge.proxy_protocol,
         "listening"
     );
@@ -291,12 +298,50 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         h2_max_pending_accept_reset_streams: args.h2_max_pending_reset_streams,
         h2_max_local_error_reset_streams: args.h2_max_local_error_resets,
     };
-    let proxy = tokio::spawn(serve_proxy(proxy_listener, shared, limits, edge, stopped(stop_rx)));
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut others = Vec::new();
+    for (i, listener) in proxy_listeners.enumerate() {
+        let (shared, limits, edge, permits, stop) = (
+            shared.clone(),
+            limits.clone(),
+            edge.clone(),
+            permits.clone(),
+            stopped(stop_rx.clone()),
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("keygate-worker-{}", i + 1))
+            .spawn(move || {
+                enter_worker(i + 1);
+                worker_runtime()?.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    serve_worker(listener, shared, limits, edge, permits, stop).await;
+                    anyhow::Ok(())
+                })
+            })
+            .context("starting a worker thread")?;
+        others.push(thread);
+    }
+    let proxy = tokio::spawn(serve_worker(
+        proxy_listener,
+        shared,
+        limits,
+        edge,
+        permits,
+        stopped(stop_rx),
+    ));
 
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = proxy.await;
+    for thread in others {
+        // Each drains its own connections, as the first worker just did.
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "a worker stopped with an error"),
+            Ok(Err(_)) | Err(_) => tracing::warn!("a worker panicked"),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
     let _ = admin.await;
     Ok(())
 }

@@ -249,7 +249,7 @@ async fn send(
     let sent = Instant::now();
     let outcome = tokio::time::timeout(
         route.request_timeout,
-        route.client.request(Request::from_parts(parts, body)),
+        route.client.here().request(Request::from_parts(parts, body)),
     )
     .await;
     shared.metrics.upstream_latency(&route.id, sent.elapsed().as_secs_f64());

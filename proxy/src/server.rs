@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
 use crate::edge::{Accepted, Edge};
@@ -73,6 +74,43 @@ pub async fn serve_proxy(
     edge: Edge,
     shutdown: impl Future<Output = ()>,
 ) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    serve_worker(listener, shared, limits, edge, permits, shutdown).await
+}
+
+/// `n` listening sockets on `addr`, each with `SO_REUSEPORT`, for one worker each: the kernel
+/// spreads new connections over them, so workers share no accept queue and no lock. A port of 0
+/// is chosen once, by the first socket.
+pub fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
+        addr = listener.local_addr()?;
+        // Registered again by the runtime of the worker that serves it.
+        listeners.push(listener.into_std()?);
+    }
+    Ok(listeners)
+}
+
+/// [`serve_proxy`] for one of several workers whose listeners share `permits`, so
+/// `max_connections` bounds them all together.
+pub async fn serve_worker(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limits: ListenerLimits,
+    edge: Edge,
+    permits: Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -104,7 +142,6 @@ pub async fn serve_proxy(
     });
     let edge = Arc::new(edge);
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

@@ -2,8 +2,10 @@
 //! the public webpki roots plus a route's own CA bundle. Clients are cached by what makes them
 //! differ, so connection pools survive config reloads. Every client resolves names through the
 //! cache's [`Network`]; a client for client-named destinations also guards each address (see
-//! [`crate::external`]).
+//! [`crate::external`]). Each worker thread has its own pool ([`Clients`]): a connection is
+//! only ever polled by the event loop that opened it.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +26,29 @@ use crate::external::resolve::{Network, Resolver};
 
 /// A pooled client for one kind of upstream.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector<Resolver>>, Body>;
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `i`: its requests take the `i`th client of each
+/// [`Clients`]. Threads never marked are worker 0.
+pub fn enter_worker(i: usize) {
+    WORKER.set(i);
+}
+
+/// One pooled client per worker, for one kind of upstream. A worker reusing a connection another
+/// worker's event loop polls would have every answer on it wake that other thread first: two
+/// workers then cost a quarter more CPU per request than one (BENCHMARKS.md).
+#[derive(Clone)]
+pub struct Clients(Arc<[UpstreamClient]>);
+
+impl Clients {
+    /// The calling worker's client.
+    pub fn here(&self) -> &UpstreamClient {
+        &self.0[WORKER.get() % self.0.len()]
+    }
+}
 
 /// What makes two routes need different clients.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -55,19 +80,35 @@ pub enum ClientError {
 }
 
 /// Clients by [`ClientKey`], shared across config generations.
-#[derive(Default)]
 pub struct ClientCache {
-    clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+    clients: Mutex<HashMap<ClientKey, Clients>>,
     /// How every client resolves names, and the proxy's own listeners.
     pub network: Network,
+    /// Worker threads, each with its own pool per client.
+    workers: usize,
+}
+
+impl Default for ClientCache {
+    fn default() -> Self {
+        ClientCache::new(Network::default())
+    }
 }
 
 impl ClientCache {
-    /// A cache whose clients resolve and guard through `network`.
+    /// A cache whose clients resolve and guard through `network`, for one worker.
     pub fn new(network: Network) -> ClientCache {
         ClientCache {
             clients: Mutex::default(),
             network,
+            workers: 1,
+        }
+    }
+
+    /// The same cache for `n` workers (see [`enter_worker`]).
+    pub fn for_workers(self, n: usize) -> ClientCache {
+        ClientCache {
+            workers: n.max(1),
+            ..self
         }
     }
 
@@ -77,7 +118,7 @@ impl ClientCache {
         ca_pem: Option<&str>,
         protocol: UpstreamProtocol,
         connect_timeout: Duration,
-    ) -> Result<(ClientKey, UpstreamClient), ClientError> {
+    ) -> Result<(ClientKey, Clients), ClientError> {
         self.get_keyed(ca_pem, protocol, connect_timeout, None, false)
     }
 
@@ -88,7 +129,7 @@ impl ClientCache {
         protocol: UpstreamProtocol,
         connect_timeout: Duration,
         allowlist: &Allowlist,
-    ) -> Result<(ClientKey, UpstreamClient), ClientError> {
+    ) -> Result<(ClientKey, Clients), ClientError> {
         let guard = Some(allowlist.guard.clone());
         self.get_keyed(ca_pem, protocol, connect_timeout, guard, allowlist.tls13_only)
     }
@@ -100,7 +141,7 @@ impl ClientCache {
         connect_timeout: Duration,
         guard: Option<Guard>,
         tls13_only: bool,
-    ) -> Result<(ClientKey, UpstreamClient), ClientError> {
+    ) -> Result<(ClientKey, Clients), ClientError> {
         let key = ClientKey {
             ca_bundle: ca_pem.map(|pem| Sha256::digest(pem.as_bytes()).into()),
             protocol: protocol as u8,
@@ -112,7 +153,11 @@ impl ClientCache {
         if let Some(c) = clients.get(&key) {
             return Ok((key, c.clone()));
         }
-        let client = build_client(&key, ca_pem, protocol, &self.network)?;
+        let client = Clients(
+            (0..self.workers)
+                .map(|_| build_client(&key, ca_pem, protocol, &self.network))
+                .collect::<Result<_, _>>()?,
+        );
         clients.insert(key.clone(), client.clone());
         Ok((key, client))
     }

@@ -51,12 +51,15 @@ impl Served {
                 "127.0.0.1:0",
                 "--admin-listen",
                 "127.0.0.1:0",
-                "--workers",
-                "1",
                 "--log-format",
                 "json",
             ])
             .args(flags)
+            .args(if flags.iter().any(|f| *f == "--workers") {
+                &[][..]
+            } else {
+                &["--workers", "1"][..]
+            })
             .env("RUST_LOG", "debug")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -244,6 +247,59 @@ async fn logs_never_carry_secrets() {
         assert!(!logs.contains(secret), "a secret reached the logs");
         assert!(!metrics.contains(secret), "a secret reached the metrics");
     }
+}
+
+/// Listening sockets on `port` (IPv4), from the kernel's own table.
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f[1].ends_with(&format!(":{port:04X}")) && f[3] == "0A"
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn workers_each_listen_serve_and_drain_on_sigterm() {
+    let up = Upstream::ok().await;
+    let mut served = Served::start_with(
+        &route_yaml("api", "/api", &up.url(), ""),
+        &["--workers".as_ref(), "3".as_ref()],
+    );
+    let port: u16 = served.proxy.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(listening_sockets(port), 3, "one SO_REUSEPORT socket per worker");
+    // Fresh connections, so the kernel spreads them over the workers' sockets.
+    for i in 0..30 {
+        let got = get(&format!("{}/api/{i}", served.proxy), &[("connection", "close")]).await;
+        assert_eq!(got.status, StatusCode::OK, "request {i}");
+    }
+    let metrics = get(&format!("{}/metrics", served.admin), &[]).await;
+    assert!(
+        String::from_utf8_lossy(&metrics.body)
+            .contains("keygate_requests_total{route=\"default/api\",status=\"200\"} 30"),
+        "every worker counts into the same metrics"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let exit = served.child.wait().unwrap();
+        (exit, served)
+    });
+    let (exit, served) = tokio::time::timeout(Duration::from_secs(20), exit)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        exit.success(),
+        "every worker drained and the process exited cleanly: {exit:?}"
+    );
+    assert!(served.logs().contains("all connections drained"), "{}", served.logs());
 }
 
 #[tokio::test]
