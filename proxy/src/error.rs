@@ -4,7 +4,7 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::{Body, full};
+use crate::body::{Body, ReadError, full};
 use crate::pipeline::chain;
 
 /// [`keygate_crds::snapshot::ERROR_HEADER`]: every error Keygate answers carries its code there.
@@ -178,6 +178,23 @@ impl From<crate::store::StoreError> for ProxyError {
 }
 
 impl ProxyError {
+    /// A client's request body that could not be buffered.
+    pub fn request_body(e: ReadError) -> ProxyError {
+        match e {
+            ReadError::TooLarge(limit) => ProxyError::BodyTooLarge(limit),
+            ReadError::Failed(_) => ProxyError::BadRequest("the request body could not be read"),
+        }
+    }
+
+    /// An upstream's answer body that could not be buffered: the upstream's failure, not the
+    /// client's.
+    pub fn response_body(e: ReadError) -> ProxyError {
+        match e {
+            ReadError::TooLarge(limit) => ProxyError::ResponseTooLarge(limit),
+            ReadError::Failed(_) => ProxyError::BadGateway,
+        }
+    }
+
     /// The stable machine-readable code in `proxy_error.code`.
     pub fn code(&self) -> &'static str {
         match self {

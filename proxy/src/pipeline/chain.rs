@@ -39,7 +39,7 @@ use keygate_crds::{SecretSnapshot, Snapshot};
 use sha2::{Digest, Sha256};
 
 use crate::apikeys::ApiKeys;
-use crate::body::{Body, ReadError, full, read_to_limit};
+use crate::body::{Body, full, read_to_limit};
 use crate::config::{ConfigError, LiveRoute};
 use crate::error::ProxyError;
 use crate::pipeline::path::original_target;
@@ -386,9 +386,8 @@ pub async fn check(
 async fn read_body(route: &LiveRoute, body: Body) -> Result<Bytes, ProxyError> {
     let limit = route.spec.body_limit;
     match tokio::time::timeout(route.request_timeout, read_to_limit(body, limit)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(ReadError::TooLarge(limit))) => Err(ProxyError::BodyTooLarge(limit)),
-        _ => Err(ProxyError::BadRequest("the request body could not be read")),
+        Ok(read) => read.map_err(ProxyError::request_body),
+        Err(_) => Err(ProxyError::BadRequest("the request body could not be read")),
     }
 }
 

@@ -230,7 +230,7 @@ impl CookieTranslation {
         if !is_header_safe(self.template.0.as_bytes(), token.as_bytes()) {
             return Err(fail("the token has characters a header cannot carry".into()));
         }
-        remove_pointer(&mut doc, &self.token_pointer);
+        super::remove_pointer(&mut doc, &self.token_pointer);
         let browser = if self.response_pointer.is_empty() {
             doc
         } else {
@@ -389,46 +389,9 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim_matches('"'))
 }
 
-/// Removes the value at JSON pointer `pointer`, if there is one.
-fn remove_pointer(doc: &mut Value, pointer: &str) {
-    let Some((parent, last)) = pointer.rsplit_once('/') else {
-        return;
-    };
-    let last = last.replace("~1", "/").replace("~0", "~");
-    match doc.pointer_mut(parent) {
-        Some(Value::Object(map)) => {
-            map.remove(&last);
-        }
-        Some(Value::Array(items)) => {
-            if let Ok(i) = last.parse::<usize>()
-                && i < items.len()
-            {
-                items.remove(i);
-            }
-        }
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn token_removed_and_subtree_kept() {
-        let mut doc = json!({"result": {"session": {"token": "T", "user": "ann"}, "plan": "pro"}, "meta": 1});
-        remove_pointer(&mut doc, "/result/session/token");
-        assert_eq!(
-            doc,
-            json!({"result": {"session": {"user": "ann"}, "plan": "pro"}, "meta": 1})
-        );
-        let mut doc = json!({"a/b": {"~t": "T"}, "list": ["x", "T"]});
-        remove_pointer(&mut doc, "/a~1b/~0t");
-        remove_pointer(&mut doc, "/list/1");
-        remove_pointer(&mut doc, "/missing/x");
-        assert_eq!(doc, json!({"a/b": {}, "list": ["x"]}));
-    }
 
     #[test]
     fn cookie_values_by_name() {

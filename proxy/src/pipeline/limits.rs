@@ -39,6 +39,19 @@ fn declared_length(parts: &Parts) -> Result<Option<u64>, ProxyError> {
     }
 }
 
+/// `application/json` and every `+json` type.
+pub(crate) fn is_json(media: &str) -> bool {
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
+/// Whether a message's body is content-coded (gzip and the like): the stages that read a body
+/// cannot look into it.
+pub(crate) fn is_compressed(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
 /// The media type of a message (`type/subtype`, lower case, parameters dropped).
 pub(crate) fn media_type(headers: &http::HeaderMap) -> String {
     headers

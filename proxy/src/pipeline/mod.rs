@@ -57,9 +57,47 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
+/// Removes the value at JSON pointer `pointer` (RFC 6901), if there is one: the session token
+/// from a login answer, a field a transform removes.
+pub(crate) fn remove_pointer(doc: &mut serde_json::Value, pointer: &str) {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return;
+    };
+    let last = last.replace("~1", "/").replace("~0", "~");
+    match doc.pointer_mut(parent) {
+        Some(serde_json::Value::Object(map)) => {
+            map.remove(&last);
+        }
+        Some(serde_json::Value::Array(items)) => {
+            if let Ok(i) = last.parse::<usize>()
+                && i < items.len()
+            {
+                items.remove(i);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn token_removed_and_subtree_kept() {
+        let mut doc = json!({"result": {"session": {"token": "T", "user": "ann"}, "plan": "pro"}, "meta": 1});
+        remove_pointer(&mut doc, "/result/session/token");
+        assert_eq!(
+            doc,
+            json!({"result": {"session": {"user": "ann"}, "plan": "pro"}, "meta": 1})
+        );
+        let mut doc = json!({"a/b": {"~t": "T"}, "list": ["x", "T"]});
+        remove_pointer(&mut doc, "/a~1b/~0t");
+        remove_pointer(&mut doc, "/list/1");
+        remove_pointer(&mut doc, "/missing/x");
+        assert_eq!(doc, json!({"a/b": {}, "list": ["x"]}));
+    }
     use http::HeaderValue;
 
     #[test]

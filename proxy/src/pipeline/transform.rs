@@ -27,10 +27,11 @@ use keygate_crds::resources::route::{Transform as Spec, TransformOp, TransformOp
 use keygate_crds::transform::{self as checks, REQUEST, RESPONSE, Side};
 use serde_json::Value as Json;
 
-use crate::body::{Body, ReadError, full, read_to_limit};
+use crate::body::{Body, full, read_to_limit};
 use crate::config::LiveRoute;
 use crate::error::ProxyError;
-use crate::pipeline::limits::media_type;
+use crate::pipeline::limits::{is_compressed, is_json, media_type};
+use crate::pipeline::remove_pointer;
 
 /// A route's compiled transform.
 pub struct Transform {
@@ -334,15 +335,10 @@ async fn read_json(
     if is_compressed(headers) {
         return Err(failure(side)((op(), "the body is compressed (Content-Encoding)")));
     }
-    let raw = match (read_to_limit(body, limit).await, side) {
-        (Ok(raw), _) => raw,
-        (Err(ReadError::TooLarge(limit)), Side::Request) => return Err(ProxyError::BodyTooLarge(limit)),
-        (Err(ReadError::TooLarge(limit)), Side::Response) => return Err(ProxyError::ResponseTooLarge(limit)),
-        (Err(ReadError::Failed(_)), Side::Request) => {
-            return Err(ProxyError::BadRequest("the request body could not be read"));
-        }
-        (Err(ReadError::Failed(_)), Side::Response) => return Err(ProxyError::BadGateway),
-    };
+    let raw = read_to_limit(body, limit).await.map_err(match side {
+        Side::Request => ProxyError::request_body,
+        Side::Response => ProxyError::response_body,
+    })?;
     let doc = parse(headers, &raw, ops.writes_body).map_err(|why| failure(side)((op(), why)))?;
     Ok((raw, doc))
 }
@@ -351,19 +347,13 @@ fn key(name: &str) -> Key {
     Key::String(Arc::new(name.to_string()))
 }
 
-fn is_compressed(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-}
-
 /// The body as JSON: `None` when empty, or of another type and only read (`written`: an
 /// operation rewrites it, so it must be JSON); an error when it claims to be JSON and is not.
 fn parse(headers: &HeaderMap, raw: &Bytes, written: bool) -> Result<Option<Json>, &'static str> {
     if raw.is_empty() {
         return Ok(None);
     }
-    if !crate::vault::is_json(&media_type(headers)) {
+    if !is_json(&media_type(headers)) {
         if !written {
             return Ok(None);
         }
@@ -380,7 +370,7 @@ fn json_body(headers: &mut HeaderMap, doc: Option<&Json>) -> Body {
         serde_json::to_vec(d).expect("a JSON value always serializes")
     });
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-    if doc.is_some() && !crate::vault::is_json(&media_type(headers)) {
+    if doc.is_some() && !is_json(&media_type(headers)) {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     full(out)
@@ -513,30 +503,6 @@ fn index(token: &str, len: usize) -> Result<usize, &'static str> {
         return Err("the pointer runs past the end of an array");
     }
     Ok(i)
-}
-
-/// Removes the value at `pointer`, if there is one.
-fn remove_pointer(doc: &mut Json, pointer: &str) {
-    let tokens: Vec<String> = tokens(pointer).collect();
-    let Some((last, path)) = tokens.split_last() else {
-        return;
-    };
-    let parent = path.iter().try_fold(doc, |cur, t| match cur {
-        Json::Object(fields) => fields.get_mut(t),
-        Json::Array(items) => t.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
-        _ => None,
-    });
-    match parent {
-        Some(Json::Object(fields)) => {
-            fields.remove(last);
-        }
-        Some(Json::Array(items)) => {
-            if let Some(i) = last.parse::<usize>().ok().filter(|i| *i < items.len()) {
-                items.remove(i);
-            }
-        }
-        _ => {}
-    }
 }
 
 #[cfg(test)]

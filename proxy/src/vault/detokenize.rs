@@ -29,7 +29,7 @@ use super::expr::{self, ParseError};
 use super::tokens::{Token, VaultRule};
 use super::{RouteVault, unavailable};
 use crate::body::Body;
-use crate::body::{ReadError, read_to_limit};
+use crate::body::read_to_limit;
 use crate::error::ProxyError;
 
 /// The part of a request an expression sits in.
@@ -139,9 +139,7 @@ enum BodyKind {
 }
 
 fn body_kind(headers: &http::HeaderMap) -> BodyKind {
-    let encoded = headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let encoded = super::is_compressed(headers);
     let media = super::media_type(headers);
     match media.as_str() {
         _ if encoded => BodyKind::Other,
@@ -183,11 +181,7 @@ pub(super) async fn request(
     let (payload, body_units) = if kind == BodyKind::Other {
         (Err(body), Vec::new())
     } else {
-        let raw = match read_to_limit(body, u64::MAX).await {
-            Ok(raw) => raw,
-            Err(ReadError::TooLarge(limit)) => return Err(ProxyError::BodyTooLarge(limit)),
-            Err(ReadError::Failed(_)) => return Err(ProxyError::BadRequest("the request body could not be read")),
-        };
+        let raw = read_to_limit(body, u64::MAX).await.map_err(ProxyError::request_body)?;
         let units = match kind {
             BodyKind::Form => scan.form(&raw, Part::BodyField)?,
             _ => scan

@@ -23,7 +23,7 @@ use super::tokens::{Token, VaultRule, parse_ttl};
 use super::unavailable;
 use crate::apikeys::ApiKeys;
 use crate::body::Body;
-use crate::body::{BoxError, ReadError, read_to_limit};
+use crate::body::{BoxError, read_to_limit};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
@@ -97,11 +97,9 @@ impl Endpoint {
             return Err(ProxyError::InvalidApiKey);
         };
         metrics.app_request(&self.rule.id, app);
-        let raw = match read_to_limit(req.into_body().map_err(BoxError::from).boxed(), MAX_BODY).await {
-            Ok(raw) => raw,
-            Err(ReadError::TooLarge(limit)) => return Err(ProxyError::BodyTooLarge(limit)),
-            Err(ReadError::Failed(_)) => return Err(ProxyError::BadRequest("the request body could not be read")),
-        };
+        let raw = read_to_limit(req.into_body().map_err(BoxError::from).boxed(), MAX_BODY)
+            .await
+            .map_err(ProxyError::request_body)?;
         // serde's messages quote the offending input, which is the data: say only what is expected.
         let request: NewTokens = serde_json::from_slice(&raw).map_err(|_| {
             ProxyError::BadRequest(

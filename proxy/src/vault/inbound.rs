@@ -15,25 +15,16 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use serde_json::Value;
 
-use super::tokens::{Token, VaultRule};
-use super::{RouteVault, form_decode, form_encode, is_json, media_type, unavailable};
-use crate::body::{Body, ReadError, full, read_to_limit};
+use super::{RouteVault, form_decode, form_encode, is_compressed, is_json, media_type, new_token, tokenize_fields};
+use crate::body::{Body, full, read_to_limit};
 use crate::error::ProxyError;
 
 pub(super) async fn request(vault: &RouteVault, parts: &mut Parts, body: Body) -> Result<Body, ProxyError> {
-    let raw = match read_to_limit(body, u64::MAX).await {
-        Ok(raw) => raw,
-        Err(ReadError::TooLarge(limit)) => return Err(ProxyError::BodyTooLarge(limit)),
-        Err(ReadError::Failed(_)) => return Err(ProxyError::BadRequest("the request body could not be read")),
-    };
+    let raw = read_to_limit(body, u64::MAX).await.map_err(ProxyError::request_body)?;
     if raw.is_empty() {
         return Ok(full(raw));
     }
-    if parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-    {
+    if is_compressed(&parts.headers) {
         return Err(ProxyError::RequestNotTokenizable("it is compressed (Content-Encoding)"));
     }
     let media = media_type(&parts.headers);
@@ -43,13 +34,7 @@ pub(super) async fn request(vault: &RouteVault, parts: &mut Parts, body: Body) -
             serde_json::from_slice(&raw).map_err(|_| ProxyError::RequestNotTokenizable("it is not valid JSON"))?;
         let mut changed = false;
         for (rule, spec) in rules() {
-            for pointer in &spec.pointers {
-                let Some(slot) = doc.pointer_mut(pointer).filter(|v| !v.is_null()) else {
-                    continue;
-                };
-                *slot = Value::String(vault_value(rule, slot.take()).await?);
-                changed = true;
-            }
+            changed |= tokenize_fields(rule, &mut doc, &spec.pointers, &spec.classification, spec.ttl).await?;
         }
         if !changed {
             return Ok(full(raw));
@@ -68,10 +53,10 @@ pub(super) async fn request(vault: &RouteVault, parts: &mut Parts, body: Body) -
             let decoded = form_decode(name);
             let wanted = rules().find(|(_, spec)| spec.form_fields.iter().any(|f| f.as_bytes() == decoded));
             match wanted {
-                Some((rule, _)) if !value.is_empty() => {
+                Some((rule, spec)) if !value.is_empty() => {
                     let data = String::from_utf8(form_decode(value))
                         .map_err(|_| ProxyError::RequestNotTokenizable("a form field to vault is not UTF-8 text"))?;
-                    let id = vault_value(rule, Value::String(data)).await?;
+                    let id = new_token(rule, Value::String(data), &spec.classification, spec.ttl).await?;
                     out.extend_from_slice(name);
                     out.push(b'=');
                     out.extend_from_slice(&form_encode(id.as_bytes()));
@@ -89,21 +74,4 @@ pub(super) async fn request(vault: &RouteVault, parts: &mut Parts, body: Body) -
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
     Ok(full(out))
-}
-
-/// Stores `data` as a new token of the rule's `tokenizeRequest` classification; its id.
-async fn vault_value(rule: &VaultRule, data: Value) -> Result<String, ProxyError> {
-    let spec = rule
-        .inbound
-        .as_ref()
-        .expect("only rules with tokenizeRequest vault requests");
-    let token = Token {
-        data,
-        classification: spec.classification.clone(),
-    };
-    Ok(rule
-        .create(&token, spec.ttl)
-        .await
-        .map_err(|e| unavailable(rule, e))?
-        .expect("a rule with tokenizeRequest has a dynamic store"))
 }

@@ -26,7 +26,7 @@ use keygate_crds::{SecretSnapshot, Snapshot};
 use crate::body::Body;
 use crate::config::{ConfigError, LiveRoute};
 use crate::error::ProxyError;
-use crate::pipeline::limits::media_type;
+use crate::pipeline::limits::{is_compressed, is_json, media_type};
 use crate::store::{StoreError, Stores};
 pub(crate) use detokenize::{form_decode, form_encode};
 use endpoint::Endpoint;
@@ -143,13 +143,48 @@ pub async fn tokenize(route: &LiveRoute, parts: &mut http::response::Parts, body
     }
 }
 
+/// Stores `data` as a new token of `classification`, living `ttl`, in `rule`'s store; its id.
+/// Called only for rules that create tokens (`tokenizeResponse`, `tokenizeRequest`), which
+/// compile only with a dynamic store.
+async fn new_token(
+    rule: &VaultRule,
+    data: serde_json::Value,
+    classification: &str,
+    ttl: Option<std::time::Duration>,
+) -> Result<String, ProxyError> {
+    let token = tokens::Token {
+        data,
+        classification: classification.to_string(),
+    };
+    Ok(rule
+        .create(&token, ttl)
+        .await
+        .map_err(|e| unavailable(rule, e))?
+        .expect("a rule that creates tokens has a dynamic store"))
+}
+
+/// Replaces each non-null value of `doc` at `pointers` by the id of a [`new_token`] holding it;
+/// whether any was.
+async fn tokenize_fields(
+    rule: &VaultRule,
+    doc: &mut serde_json::Value,
+    pointers: &[String],
+    classification: &str,
+    ttl: Option<std::time::Duration>,
+) -> Result<bool, ProxyError> {
+    let mut changed = false;
+    for pointer in pointers {
+        let Some(slot) = doc.pointer_mut(pointer).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        *slot = serde_json::Value::String(new_token(rule, slot.take(), classification, ttl).await?);
+        changed = true;
+    }
+    Ok(changed)
+}
+
 /// Logs a store failure with the rule it hit (never a key or value) and answers 503.
 fn unavailable(rule: &VaultRule, e: StoreError) -> ProxyError {
     tracing::warn!(rule = %rule.id, error = %e, "token store failed");
     ProxyError::VaultUnavailable
-}
-
-/// `application/json` and every `+json` type.
-pub(crate) fn is_json(media: &str) -> bool {
-    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }

@@ -14,10 +14,9 @@ use http::response::Parts;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
-use super::tokens::Token;
-use super::{RouteVault, is_json, media_type, unavailable};
+use super::{RouteVault, is_compressed, is_json, media_type, tokenize_fields};
 use crate::body::Body;
-use crate::body::{ReadError, read_to_limit};
+use crate::body::read_to_limit;
 use crate::error::ProxyError;
 
 /// Largest JSON answer tokenized: 16 MiB.
@@ -27,20 +26,14 @@ pub(super) async fn response(vault: &RouteVault, parts: &mut Parts, body: Body) 
     if !is_json(&media_type(&parts.headers)) {
         return Ok(body);
     }
-    if parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-    {
+    if is_compressed(&parts.headers) {
         return Err(ProxyError::ResponseNotTokenizable(
             "it is compressed (Content-Encoding)",
         ));
     }
-    let raw = match read_to_limit(body, MAX_RESPONSE).await {
-        Ok(raw) => raw,
-        Err(ReadError::TooLarge(limit)) => return Err(ProxyError::ResponseTooLarge(limit)),
-        Err(ReadError::Failed(_)) => return Err(ProxyError::BadGateway),
-    };
+    let raw = read_to_limit(body, MAX_RESPONSE)
+        .await
+        .map_err(ProxyError::response_body)?;
     if raw.is_empty() {
         // HEAD answers and 204s: nothing to vault, and their Content-Length stays as sent.
         return Ok(Full::new(raw).map_err(|never| match never {}).boxed());
@@ -49,21 +42,7 @@ pub(super) async fn response(vault: &RouteVault, parts: &mut Parts, body: Body) 
         serde_json::from_slice(&raw).map_err(|_| ProxyError::ResponseNotTokenizable("it is not valid JSON"))?;
     for rule in &vault.rules {
         let Some(spec) = &rule.tokenize else { continue };
-        for pointer in &spec.pointers {
-            let Some(slot) = doc.pointer_mut(pointer).filter(|v| !v.is_null()) else {
-                continue;
-            };
-            let token = Token {
-                data: slot.take(),
-                classification: spec.classification.clone(),
-            };
-            let id = rule
-                .create(&token, spec.ttl)
-                .await
-                .map_err(|e| unavailable(rule, e))?
-                .expect("a rule with tokenizeResponse has a dynamic store");
-            *slot = Value::String(id);
-        }
+        tokenize_fields(rule, &mut doc, &spec.pointers, &spec.classification, spec.ttl).await?;
     }
     let out = Bytes::from(serde_json::to_vec(&doc).expect("a JSON value always serializes"));
     parts
