@@ -153,10 +153,11 @@ impl ClientCache {
         if let Some(c) = clients.get(&key) {
             return Ok((key, c.clone()));
         }
+        let tls = tls_config(&key, ca_pem)?;
         let client = Clients(
             (0..self.workers)
-                .map(|_| build_client(&key, ca_pem, protocol, &self.network))
-                .collect::<Result<_, _>>()?,
+                .map(|_| build_client(&key, tls.clone(), protocol, &self.network))
+                .collect(),
         );
         clients.insert(key.clone(), client.clone());
         Ok((key, client))
@@ -174,12 +175,8 @@ impl ClientCache {
 /// `minTls: "1.3"`; otherwise rustls' defaults (1.3 preferred, 1.2 accepted, nothing older).
 const TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
-fn build_client(
-    key: &ClientKey,
-    ca_pem: Option<&str>,
-    protocol: UpstreamProtocol,
-    network: &Network,
-) -> Result<UpstreamClient, ClientError> {
+/// The TLS settings of clients keyed `key`: read once, shared by every worker's client.
+fn tls_config(key: &ClientKey, ca_pem: Option<&str>) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -202,7 +199,15 @@ fn build_client(
         })?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    Ok(tls)
+}
 
+fn build_client(
+    key: &ClientKey,
+    tls: rustls::ClientConfig,
+    protocol: UpstreamProtocol,
+    network: &Network,
+) -> UpstreamClient {
     let mut http = HttpConnector::new_with_resolver(Resolver::new(network.clone(), key.guard.clone()));
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -222,5 +227,5 @@ fn build_client(
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http2_only(protocol == UpstreamProtocol::Http2);
-    Ok(client.build(connector))
+    client.build(connector)
 }

@@ -35,7 +35,10 @@ pub fn tool_main<A, F>(
 where
     F: Future<Output = anyhow::Result<()>>,
 {
-    let result = args.and_then(|args| runtime.enable_all().build()?.block_on(run(args)));
+    let result = args.and_then(|args| {
+        let runtime = runtime.enable_all().build();
+        anyhow::Context::context(runtime, "starting the tokio runtime")?.block_on(run(args))
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

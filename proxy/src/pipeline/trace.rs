@@ -112,8 +112,6 @@ fn random_bytes(out: &mut [u8; 24]) {
             *used = 0;
         }
         out.copy_from_slice(&pool[*used..*used + 24]);
-        // Never handed out twice.
-        pool[*used..*used + 24].fill(0);
         *used += 24;
     });
 }
