@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::body::{Body, LimitedBody};
 use crate::config::{Config, LiveRoute};
@@ -69,7 +68,17 @@ impl Default for RequestLimits {
 }
 
 /// Serves one request.
-pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, conn: Connection) -> Response<Body> {
+pub fn handle(
+    shared: Arc<Shared>,
+    req: Request<Body>,
+    conn: Connection,
+) -> impl Future<Output = Response<Body>> + Send {
+    // Declared `Send` here, where the borrows are concrete: a generic caller would otherwise ask
+    // rustc to prove it for every lifetime, which it cannot.
+    serve(shared, req, conn)
+}
+
+async fn serve(shared: Arc<Shared>, mut req: Request<Body>, conn: Connection) -> Response<Body> {
     let started = Instant::now();
     let client = client::resolve(&conn, req.headers(), &shared.trusted_proxies);
     // Counted before Keygate adds a traceparent of its own.
@@ -159,7 +168,7 @@ async fn create_session(
     shared: &Shared,
     policy: &chain::ChainPolicy,
     covering: Option<&LiveRoute>,
-    req: Request<Incoming>,
+    req: Request<Body>,
     client: IpAddr,
 ) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
@@ -172,7 +181,7 @@ async fn create_session(
 async fn forward(
     shared: &Shared,
     route: &LiveRoute,
-    req: Request<Incoming>,
+    req: Request<Body>,
     client: &Client,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
@@ -189,7 +198,7 @@ async fn forward(
         return cookie.logout(&parts.headers).await;
     }
     ratelimit::check(shared, route, &parts, caller.app.as_deref(), client.addr).await?;
-    let (advanced, body) = chain::check(shared, route, &mut parts, body.map_err(Into::into).boxed()).await?;
+    let (advanced, body) = chain::check(shared, route, &mut parts, body).await?;
     chain::signal(advanced, send(shared, route, parts, body, client, step, caller).await)
 }
 

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +17,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
-use crate::edge::{Accepted, Edge};
+use crate::body::BoxError;
+use crate::edge::{Accepted, Edge, Prefixed};
+use crate::h1;
 use crate::idle::{Activity, IdleIo, hold_busy};
 use crate::pipeline::client::Connection;
 use crate::proxy::{Shared, handle};
@@ -35,9 +37,10 @@ pub struct ListenerLimits {
     pub max_header_bytes: usize,
     /// How long shutdown waits for requests in flight.
     pub drain: Duration,
-    /// How long a client may take to send a request head (slowloris); hyper then closes the
-    /// connection without an answer. It also closes HTTP/1.1 connections idle that long between
-    /// requests, since hyper starts the clock as soon as it waits for a head.
+    /// How long a client may take to send a request head, from its first byte (slowloris), and
+    /// a new connection to send its first; the connection is then closed without an answer. On
+    /// connections hyper serves it also bounds the idle time between requests, since hyper
+    /// starts the clock as soon as it waits for a head.
     pub header_read_timeout: Duration,
     /// How long a connection may stay open with no request in flight.
     pub keepalive_timeout: Duration,
@@ -139,9 +142,17 @@ pub async fn serve_worker(
         any: builder.clone(),
         h2: builder.http2_only(),
         keepalive: limits.keepalive_timeout,
+        h1: h1::Settings {
+            header_read_timeout: limits.header_read_timeout,
+            keepalive_timeout: limits.keepalive_timeout,
+            max_header_bytes: limits.max_header_bytes,
+            max_headers: shared.limits.max_headers,
+        },
     });
     let edge = Arc::new(edge);
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: `true` asks it to finish, and the sender's `closed()`
+    // says they all have.
+    let (drain, draining) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -164,15 +175,15 @@ pub async fn serve_worker(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (shared, edge, serving, watcher) = (shared.clone(), edge.clone(), serving.clone(), graceful.watcher());
+        let (shared, edge, serving, draining) = (shared.clone(), edge.clone(), serving.clone(), draining.clone());
         tokio::spawn(async move {
             // The PROXY header and the TLS handshake come first, off the accept loop.
             if let Some((io, conn)) = edge.accept(stream, peer).await {
                 match io {
-                    Accepted::Plain(io) => serve_connection(&serving, false, io, shared, conn, watcher).await,
+                    Accepted::Plain(io) => serve_connection(&serving, false, io, shared, conn, draining).await,
                     Accepted::Tls(io) => {
                         let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2");
-                        serve_connection(&serving, h2, io, shared, conn, watcher).await
+                        serve_connection(&serving, h2, io, shared, conn, draining).await
                     }
                 }
             }
@@ -180,10 +191,12 @@ pub async fn serve_worker(
         });
     }
     drop(listener);
+    drop(draining);
     tracing::info!("draining connections");
+    let _ = drain.send(true);
     // WebSocket tunnels never finish by themselves: close them now, and wait for them to go.
     let drained = async {
-        tokio::join!(graceful.shutdown(), shared.tunnels.close_all());
+        tokio::join!(drain.closed(), shared.tunnels.close_all());
     };
     tokio::select! {
         () = drained => tracing::info!("all connections drained"),
@@ -193,23 +206,60 @@ pub async fn serve_worker(
 
 /// How accepted connections are served.
 struct Serving {
-    /// Sniffs the HTTP/2 preface: cleartext ports, and TLS without ALPN `h2`.
+    /// Sniffs the HTTP/2 preface: what Keygate's HTTP/1.1 side hands over.
     any: auto::Builder<TokioExecutor>,
     /// HTTP/2 only, for TLS connections whose ALPN agreed on `h2`.
     h2: auto::Builder<TokioExecutor>,
     /// How long a connection may have no request in flight.
     keepalive: Duration,
+    /// Keygate's own HTTP/1.1 side, which takes every connection not agreed on h2 first.
+    h1: h1::Settings,
 }
 
-/// Serves HTTP/1.1 or HTTP/2 (by ALPN or preface) on one accepted connection until it ends, or
-/// until it has had no request in flight for the keep-alive timeout.
+/// Serves one accepted connection until it ends: [`h1`] first, unless ALPN chose HTTP/2, and
+/// hyper for whatever `h1` hands over (HTTP/2 by preface, upgrades, odd heads).
 async fn serve_connection<I>(
     serving: &Serving,
     h2: bool,
     io: I,
     shared: Arc<Shared>,
     conn: Connection,
-    watcher: Watcher,
+    draining: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    // hyper's connection state is large; boxed, it is allocated only for the connections that
+    // need it, not reserved in every connection's task.
+    if h2 {
+        return Box::pin(serve_hyper(serving, true, io, shared, conn, draining)).await;
+    }
+    let handler = shared.clone();
+    let ended = h1::serve(io, &serving.h1, draining.clone(), move |req| {
+        handle(handler.clone(), req, conn)
+    })
+    .await;
+    if let h1::Ended::Handoff(io, read) = ended {
+        Box::pin(serve_hyper(
+            serving,
+            false,
+            Prefixed::new(read, io),
+            shared,
+            conn,
+            draining,
+        ))
+        .await
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (by ALPN or preface) with hyper until the connection ends, or
+/// until it has had no request in flight for the keep-alive timeout.
+async fn serve_hyper<I>(
+    serving: &Serving,
+    h2: bool,
+    io: I,
+    shared: Arc<Shared>,
+    conn: Connection,
+    draining: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -222,22 +272,61 @@ async fn serve_connection<I>(
             // A WebSocket tunnel outlives its request; it keeps the connection busy itself.
             req.extensions_mut().insert(activity.clone());
         }
+        let req = req.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
         async move { Ok::<_, Infallible>(handle(shared, req, conn).await.map(|b| hold_busy(b, busy))) }
     });
     // Upgrades (WebSocket) exist only in HTTP/1.1, and hyper-util's HTTP/2-only mode applies
     // only without them.
     let ended = if h2 {
         let connection = serving.h2.serve_connection(TokioIo::new(io), service).into_owned();
-        watcher.watch(connection).await
+        until_drained(connection, draining, |c| c.graceful_shutdown()).await
     } else {
         let connection = serving
             .any
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        watcher.watch(connection).await
+        until_drained(connection, draining, |c| c.graceful_shutdown()).await
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Runs a hyper connection to its end, asking it to finish gracefully once `draining` turns true.
+/// A hand-written future rather than an `async fn`: rustc cannot prove an `async fn` holding
+/// hyper's connection across an await `Send` for every lifetime.
+struct UntilDrained<C> {
+    connection: Pin<Box<C>>,
+    draining: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    graceful: fn(Pin<&mut C>),
+}
+
+fn until_drained<C: Future>(
+    connection: C,
+    mut draining: watch::Receiver<bool>,
+    graceful: fn(Pin<&mut C>),
+) -> UntilDrained<C> {
+    UntilDrained {
+        connection: Box::pin(connection),
+        draining: Some(Box::pin(async move {
+            let _ = draining.wait_for(|d| *d).await;
+        })),
+        graceful,
+    }
+}
+
+impl<C: Future> Future for UntilDrained<C> {
+    type Output = C::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<C::Output> {
+        let this = &mut *self;
+        if let Some(draining) = this.draining.as_mut()
+            && draining.as_mut().poll(cx).is_ready()
+        {
+            this.draining = None;
+            (this.graceful)(this.connection.as_mut());
+        }
+        this.connection.as_mut().poll(cx)
     }
 }
 

@@ -60,7 +60,11 @@ impl Edge {
         };
         let mut prefix = Bytes::new();
         if self.proxy_protocol {
-            let header = tokio::time::timeout(self.handshake_timeout, read_proxy_header(&mut stream)).await;
+            let header = Box::pin(tokio::time::timeout(
+                self.handshake_timeout,
+                read_proxy_header(&mut stream),
+            ))
+            .await;
             match header {
                 Ok(Ok((source, rest))) => (conn.proxied, prefix) = (source, rest),
                 Ok(Err(e)) => {
@@ -77,7 +81,8 @@ impl Edge {
         let Some(acceptor) = &self.tls else {
             return Some((Accepted::Plain(io), conn));
         };
-        match tokio::time::timeout(self.handshake_timeout, acceptor.accept(io)).await {
+        // Boxed: the handshake's state is large, and only TLS connections should carry it.
+        match Box::pin(tokio::time::timeout(self.handshake_timeout, acceptor.accept(io))).await {
             Ok(Ok(tls)) => Some((Accepted::Tls(Box::new(tls)), conn)),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -106,10 +111,18 @@ async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<(Option<SocketA
     }
 }
 
-/// A stream that first yields bytes already read from it (what followed the PROXY header).
+/// A stream that first yields bytes already read from it (what followed the PROXY header, or
+/// what Keygate's HTTP/1.1 side read before handing a connection to hyper).
 pub struct Prefixed<S> {
     prefix: Bytes,
     inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `inner`, whose reads start with `prefix`.
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Prefixed { prefix, inner }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -30,8 +30,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
 use keygate_crds::resources::common::parse_duration_ms;
 use keygate_crds::resources::vault::StoreKind;
 use keygate_crds::snapshot::secret_id;
@@ -39,7 +38,7 @@ use keygate_crds::{SecretSnapshot, Snapshot};
 use sha2::{Digest, Sha256};
 
 use crate::apikeys::ApiKeys;
-use crate::body::{Body, full, read_to_limit};
+use crate::body::{Body, ReadError, full, read_to_limit};
 use crate::config::{ConfigError, LiveRoute};
 use crate::error::ProxyError;
 use crate::pipeline::path::original_target;
@@ -235,21 +234,15 @@ fn unavailable(policy: &ChainPolicy, e: StoreError) -> ProxyError {
 /// Answers `POST <createPath>`: checks the app key and the `{"machine_id": ...}` body (plus
 /// `"public_key"` in `signature` mode), stores a new session and returns `{"session_id": ...}`
 /// (plus `"chain_key"`, this once, in `hmac` mode).
-pub async fn create(
-    shared: &Shared,
-    policy: &ChainPolicy,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
+pub async fn create(shared: &Shared, policy: &ChainPolicy, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST {
         return Err(ProxyError::MethodNotAllowed(parts.method.to_string()));
     }
     let app = policy.app(&parts).ok_or(ProxyError::InvalidApiKey)?.clone();
-    let body = match tokio::time::timeout(CREATE_BODY_TIMEOUT, Limited::new(body, CREATE_BODY_LIMIT).collect()).await {
-        Ok(Ok(body)) => body.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ProxyError::BodyTooLarge(CREATE_BODY_LIMIT as u64));
-        }
+    let body = match tokio::time::timeout(CREATE_BODY_TIMEOUT, read_to_limit(body, CREATE_BODY_LIMIT as u64)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e @ ReadError::TooLarge(_))) => return Err(ProxyError::request_body(e)),
         _ => return Err(ProxyError::BadRequest("the session request body could not be read")),
     };
     #[derive(serde::Deserialize)]

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use keygate_crds::SecretSnapshot;
 use keygate_crds::resources::vault::TokenizeEndpoint;
 use serde::Deserialize;
@@ -23,7 +22,7 @@ use super::tokens::{Token, VaultRule, parse_ttl};
 use super::unavailable;
 use crate::apikeys::ApiKeys;
 use crate::body::Body;
-use crate::body::{BoxError, read_to_limit};
+use crate::body::read_to_limit;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
@@ -84,7 +83,7 @@ impl Endpoint {
     }
 
     /// Serves one request.
-    pub async fn serve(&self, metrics: &Metrics, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    pub async fn serve(&self, metrics: &Metrics, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         if req.method() != Method::POST {
             return Err(ProxyError::MethodNotAllowed(req.method().to_string()));
         }
@@ -97,7 +96,7 @@ impl Endpoint {
             return Err(ProxyError::InvalidApiKey);
         };
         metrics.app_request(&self.rule.id, app);
-        let raw = read_to_limit(req.into_body().map_err(BoxError::from).boxed(), MAX_BODY)
+        let raw = read_to_limit(req.into_body(), MAX_BODY)
             .await
             .map_err(ProxyError::request_body)?;
         // serde's messages quote the offending input, which is the data: say only what is expected.

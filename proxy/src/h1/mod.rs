@@ -1,0 +1,357 @@
+//! Keygate's own HTTP/1.1 server side, for the requests browsers and services actually send.
+//!
+//! hyper keeps two 8 KiB buffers per connection for the connection's whole life and passes each
+//! request body through a channel; here an idle keep-alive connection holds no buffer at all
+//! (its next head is first read into the stack), a request without a body costs no channel, and
+//! a body is read from the socket by whoever polls it. A connection goes:
+//! [`head::parse`] → the service → [`write_answer`] → the next head. Whatever is not ordinary
+//! (upgrades, `Expect`, HTTP/1.0, `CONNECT`, ambiguous framing, the HTTP/2 preface, a head
+//! past the limits or malformed) is handed back with the bytes read so far as
+//! [`Ended::Handoff`], and the caller lets hyper serve the rest of the connection, so hyper
+//! stays the one judge of odd and hostile input.
+
+pub mod body;
+pub mod head;
+
+use std::cell::Cell;
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice, Write as _};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use http::{Method, Request, Response};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::body::{Body, empty};
+use body::{Decoded, Framing, Reader, RequestBody};
+use head::{Out, Parse};
+
+/// An answer whose whole body is at most this long leaves in one write with its head.
+const COALESCE: u64 = 64 * 1024;
+/// Data frames up to this size are copied into the pending write; larger go out as they are.
+const COPY_FRAME: usize = 8 * 1024;
+/// A request body left unread by its answer is drained up to this much, if already sent, so
+/// the connection can carry the next request; past it, or if more must be waited for, the
+/// connection closes.
+const DRAIN: usize = 64 * 1024;
+
+/// The listener's limits as this server side applies them.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// From a head's first byte to its last.
+    pub header_read_timeout: Duration,
+    /// Between requests: how long a connection may wait for the next head's first byte.
+    pub keepalive_timeout: Duration,
+    /// Largest head; past it hyper answers 431.
+    pub max_header_bytes: usize,
+    /// Most header fields; past it hyper answers 431.
+    pub max_headers: usize,
+}
+
+/// How a connection left this server side.
+pub enum Ended<I> {
+    /// Closed, or to be closed.
+    Closed,
+    /// For hyper to serve from here: the connection and the bytes already read from it.
+    Handoff(I, Bytes),
+}
+
+/// Serves HTTP/1.1 requests on `io` through `service` until the connection ends, it must
+/// be handed to hyper, or `draining` turns true (then after the answer in flight).
+pub async fn serve<I, S, F>(io: I, settings: &Settings, mut draining: watch::Receiver<bool>, mut service: S) -> Ended<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    S: FnMut(Request<Body>) -> F,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let (read, mut write) = tokio::io::split(io);
+    let mut reader = Reader {
+        io: read,
+        buf: BytesMut::new(),
+    };
+    let mut first = true;
+    loop {
+        let parsed = match read_head(&mut reader, settings, &mut draining, first).await {
+            Next::Request(parsed) => parsed,
+            Next::Close => return close(write).await,
+            Next::Handoff => return Ended::Handoff(reader.io.unsplit(write), reader.buf.freeze()),
+        };
+        first = false;
+        // One allocation per request holds the whole exchange (the service's future included),
+        // so the connection's own future, which is what an idle connection costs, stays small.
+        match Box::pin(exchange(*parsed, reader, &mut write, settings, &draining, &mut service)).await {
+            Some(next) => reader = next,
+            None => return close(write).await,
+        }
+    }
+}
+
+/// One request and its answer. Gives the read side back when the connection may carry another
+/// request.
+async fn exchange<I, S, F>(
+    parsed: head::Parsed,
+    reader: Reader<ReadHalf<I>>,
+    write: &mut WriteHalf<I>,
+    settings: &Settings,
+    draining: &watch::Receiver<bool>,
+    service: &mut S,
+) -> Option<Reader<ReadHalf<I>>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    S: FnMut(Request<Body>) -> F,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let head::Parsed {
+        request,
+        framing,
+        close: client_close,
+        trailers,
+    } = parsed;
+    let head_request = request.method() == Method::HEAD;
+    // The read side goes with the body, if there is one, and comes back through `lent`.
+    let (request, mut held, mut lent) = if framing.is_done() {
+        (request.map(|()| empty()), Some((reader, Framing::Done)), None)
+    } else {
+        let (tx, rx) = oneshot::channel();
+        let body = RequestBody::new(reader, framing, settings.max_header_bytes, tx);
+        (request.map(|()| body.boxed()), None, Some(rx))
+    };
+    let answering = service(request);
+    tokio::pin!(answering);
+    let answer = loop {
+        // While the answer is awaited the socket is still read (what arrives is kept for the
+        // next request), so a client that leaves is noticed.
+        let watching = held
+            .as_ref()
+            .is_some_and(|(r, _)| r.buf.len() < settings.max_header_bytes);
+        tokio::select! {
+            answer = answering.as_mut() => break answer,
+            back = async { lent.as_mut().expect("guarded").await }, if lent.is_some() => {
+                lent = None;
+                held = Some(back.ok().map(|back| (back.reader, back.framing))?);
+            }
+            read = poll_fn(|cx| held.as_mut().expect("guarded").0.poll_fill_lazily(cx)), if watching => match read {
+                Ok(n) if n > 0 => {}
+                // Returning drops the answer's future, which cancels the upstream request too.
+                _ => return None,
+            }
+        }
+    };
+    let closing = client_close || *draining.borrow() || head::says_close(answer.headers());
+    let whole = write_answer(write, answer, head_request, closing, trailers).await;
+    let back = lent.and_then(FutureExt::now_or_never).and_then(Result::ok);
+    // Whoever holds an unfinished body and has not let it go may yet read from the socket, so
+    // the connection cannot carry another request.
+    let (mut reader, framing) = held.or(back.map(|back| (back.reader, back.framing)))?;
+    if !drain(&mut reader, framing, settings.max_header_bytes)
+        || !matches!(whole, Ok(true))
+        || closing
+        || *draining.borrow()
+    {
+        return None;
+    }
+    if reader.buf.is_empty() {
+        // Lets the buffer go while the connection idles.
+        reader.buf = BytesMut::new();
+    }
+    Some(reader)
+}
+
+async fn close<I: AsyncWrite>(mut write: WriteHalf<I>) -> Ended<I> {
+    let _ = write.shutdown().await;
+    Ended::Closed
+}
+
+enum Next {
+    Request(Box<head::Parsed>),
+    Close,
+    Handoff,
+}
+
+/// Waits for the next head and reads it whole, within the timeouts.
+async fn read_head<I: AsyncRead>(
+    reader: &mut Reader<ReadHalf<I>>,
+    settings: &Settings,
+    draining: &mut watch::Receiver<bool>,
+    first: bool,
+) -> Next {
+    if reader.buf.is_empty() {
+        // A new connection is expected to speak promptly; a kept-alive one may idle.
+        let idle = if first {
+            settings.header_read_timeout.min(settings.keepalive_timeout)
+        } else {
+            settings.keepalive_timeout
+        };
+        tokio::select! {
+            read = poll_fn(|cx| reader.poll_fill_lazily(cx)) => match read {
+                Ok(n) if n > 0 => {}
+                _ => return Next::Close,
+            },
+            _ = draining.wait_for(|d| *d) => return Next::Close,
+            () = tokio::time::sleep(idle) => return Next::Close,
+        }
+    }
+    let deadline = Instant::now() + settings.header_read_timeout;
+    loop {
+        match head::parse(&mut reader.buf, settings.max_headers, settings.max_header_bytes) {
+            Parse::Request(parsed) => return Next::Request(parsed),
+            Parse::Handoff => return Next::Handoff,
+            Parse::Partial => {}
+        }
+        // Slow heads are closed without an answer, as hyper does.
+        match tokio::time::timeout_at(deadline, poll_fn(|cx| reader.poll_fill(cx))).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Next::Close,
+        }
+    }
+}
+
+/// Reads out what is left of a request body the answer did not need, if it is small and
+/// already sent; whether the connection may carry another request.
+fn drain<R: AsyncRead + Unpin>(reader: &mut Reader<R>, mut framing: Framing, max_trailer_bytes: usize) -> bool {
+    if framing.is_done() {
+        return true;
+    }
+    let mut drained = 0;
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        match framing.decode(&mut reader.buf, max_trailer_bytes) {
+            Ok(Decoded::End) => return true,
+            Ok(Decoded::Frame(frame)) => {
+                drained += frame.data_ref().map_or(0, |d| d.len());
+                if drained > DRAIN {
+                    return false;
+                }
+            }
+            Ok(Decoded::More) => match reader.poll_fill(&mut cx) {
+                std::task::Poll::Ready(Ok(n)) if n > 0 => {}
+                _ => return false,
+            },
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Writes an answer; whether it went out whole, so the connection may carry another request.
+async fn write_answer<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    answer: Response<Body>,
+    head_request: bool,
+    close: bool,
+    trailers_wanted: bool,
+) -> io::Result<bool> {
+    let (mut parts, mut body) = answer.into_parts();
+    let mut pending = WRITE_BUF.take();
+    let out = head::encode(
+        parts.status,
+        &mut parts.headers,
+        &body.size_hint(),
+        head_request,
+        close,
+        &mut pending,
+    );
+    let coalesce = matches!(out, Out::Length(n) if n <= COALESCE);
+    let mut sent = 0u64;
+    let mut trailers = None;
+    if out != Out::Empty {
+        loop {
+            // What is ready now joins the pending write; only a wait sends what is pending.
+            let frame = match body.frame().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    if !coalesce {
+                        flush(write, &mut pending).await?;
+                    }
+                    body.frame().await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "answer body failed; closing the connection");
+                    flush(write, &mut pending).await?;
+                    return Ok(false);
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        continue;
+                    }
+                },
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if let Out::Length(n) = out
+                && sent + data.len() as u64 > n
+            {
+                tracing::debug!("answer body longer than its Content-Length; closing the connection");
+                flush(write, &mut pending).await?;
+                return Ok(false);
+            }
+            sent += data.len() as u64;
+            if out == Out::Chunked {
+                let _ = write!(pending, "{:x}\r\n", data.len());
+            }
+            if data.len() <= COPY_FRAME || coalesce {
+                pending.extend_from_slice(&data);
+            } else {
+                write_both(write, &pending, &data).await?;
+                pending.clear();
+            }
+            if out == Out::Chunked {
+                pending.extend_from_slice(b"\r\n");
+            }
+        }
+        if out == Out::Chunked {
+            pending.extend_from_slice(b"0\r\n");
+            if let Some(trailers) = trailers.filter(|_| trailers_wanted) {
+                head::write_fields(&trailers, &mut pending);
+            }
+            pending.extend_from_slice(b"\r\n");
+        }
+    }
+    flush(write, &mut pending).await?;
+    if pending.capacity() <= COALESCE as usize {
+        WRITE_BUF.set(pending);
+    }
+    Ok(match out {
+        Out::Length(n) => sent == n,
+        _ => true,
+    })
+}
+
+thread_local! {
+    /// The worker's write buffer, lent to one answer at a time: an answer that finds it lent
+    /// (another answer of the worker is mid-write) starts a new one.
+    static WRITE_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+async fn flush<W: AsyncWrite + Unpin>(write: &mut W, pending: &mut Vec<u8>) -> io::Result<()> {
+    if !pending.is_empty() {
+        write.write_all(pending).await?;
+        pending.clear();
+    }
+    write.flush().await
+}
+
+/// Writes `a` then `b`, in as few calls as the transport allows.
+async fn write_both<W: AsyncWrite + Unpin>(write: &mut W, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+    while !a.is_empty() {
+        let n = write.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    write.write_all(b).await
+}
