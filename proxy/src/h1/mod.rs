@@ -13,7 +13,6 @@
 pub mod body;
 pub mod head;
 
-use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice, Write as _};
 use std::time::Duration;
@@ -33,6 +32,8 @@ use head::{Out, Parse};
 
 /// An answer whose whole body is at most this long leaves in one write with its head.
 const COALESCE: u64 = 64 * 1024;
+/// What an answer's head is expected to fit in.
+const HEAD_ROOM: usize = 512;
 /// Data frames up to this size are copied into the pending write; larger go out as they are.
 const COPY_FRAME: usize = 8 * 1024;
 /// A request body left unread by its answer is drained up to this much, if already sent, so
@@ -121,8 +122,8 @@ where
         let body = RequestBody::new(reader, framing, settings.max_header_bytes, tx);
         (request.map(|()| body.boxed()), None, Some(rx))
     };
-    let answering = service(request);
-    tokio::pin!(answering);
+    // Built in place: the service's future is a few KiB, and every move copies all of it.
+    let mut answering = std::pin::pin!(service(request));
     let answer = loop {
         // While the answer is awaited the socket is still read (what arrives is kept for the
         // next request), so a client that leaves is noticed.
@@ -247,11 +248,15 @@ async fn write_answer<W: AsyncWrite + Unpin>(
     trailers_wanted: bool,
 ) -> io::Result<bool> {
     let (mut parts, mut body) = answer.into_parts();
-    let mut pending = WRITE_BUF.take();
+    let hint = body.size_hint();
+    // Room for the head and, when it goes out with the head, the whole body: one allocation,
+    // never regrown.
+    let room = HEAD_ROOM + hint.exact().filter(|n| *n <= COALESCE).unwrap_or(0) as usize;
+    let mut pending = Vec::with_capacity(room);
     let out = head::encode(
         parts.status,
         &mut parts.headers,
-        &body.size_hint(),
+        &hint,
         head_request,
         close,
         &mut pending,
@@ -319,19 +324,10 @@ async fn write_answer<W: AsyncWrite + Unpin>(
         }
     }
     flush(write, &mut pending).await?;
-    if pending.capacity() <= COALESCE as usize {
-        WRITE_BUF.set(pending);
-    }
     Ok(match out {
         Out::Length(n) => sent == n,
         _ => true,
     })
-}
-
-thread_local! {
-    /// The worker's write buffer, lent to one answer at a time: an answer that finds it lent
-    /// (another answer of the worker is mid-write) starts a new one.
-    static WRITE_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 async fn flush<W: AsyncWrite + Unpin>(write: &mut W, pending: &mut Vec<u8>) -> io::Result<()> {
