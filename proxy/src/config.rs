@@ -112,6 +112,8 @@ pub struct LiveRoute {
     pub chain: Option<Arc<ChainPolicy>>,
     /// Request and answer rewrites (`transform`), expressions compiled.
     pub transform: Option<crate::pipeline::transform::Transform>,
+    /// The route's metric series, resolved once.
+    pub meters: crate::metrics::RouteMeters,
 }
 
 /// A route's destination, parsed.
@@ -398,6 +400,7 @@ fn build_route(
             vault: None,
             chain: None,
             transform,
+            meters: Default::default(),
         },
     ))
 }

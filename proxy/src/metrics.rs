@@ -69,6 +69,18 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
 }
 
+/// The statuses a route's [`RouteMeters`] keep a counter for; others are looked up per request.
+const COMMON_STATUSES: [u16; 12] = [200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 429, 502];
+
+/// One route's metric series, resolved on first use and kept by the route, so counting a request
+/// takes neither the family's lock nor a hash of its labels (both shared by every worker).
+/// Handles share the family's values, so `/metrics` renders them as before.
+#[derive(Default)]
+pub struct RouteMeters {
+    statuses: [std::sync::OnceLock<Counter>; COMMON_STATUSES.len()],
+    upstream: std::sync::OnceLock<Histogram>,
+}
+
 /// The proxy's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -149,19 +161,34 @@ impl Metrics {
         }
     }
 
+    /// Counts one answered request on a route, through the route's resolved series.
+    pub fn route_request(&self, meters: &RouteMeters, route: &Arc<str>, status: u16) {
+        let Some(i) = COMMON_STATUSES.iter().position(|s| *s == status) else {
+            return self.request(Some(route), status);
+        };
+        meters.statuses[i]
+            .get_or_init(|| {
+                let route = RouteLabel(route.clone());
+                self.requests.get_or_create(&RequestLabels { route, status }).clone()
+            })
+            .inc();
+    }
+
+    /// Records the time to a route's upstream response headers, through its resolved series.
+    pub fn route_upstream_latency(&self, meters: &RouteMeters, route: &Arc<str>, seconds: f64) {
+        meters
+            .upstream
+            .get_or_init(|| {
+                let route = RouteLabel(route.clone());
+                self.upstream_seconds.get_or_create(&RouteLabels { route }).clone()
+            })
+            .observe(seconds);
+    }
+
     /// Counts one answered request.
     pub fn request(&self, route: Option<&Arc<str>>, status: u16) {
         let route = RouteLabel(route.cloned().unwrap_or_else(no_route));
         self.requests.get_or_create(&RequestLabels { route, status }).inc();
-    }
-
-    /// Records the time to upstream response headers.
-    pub fn upstream_latency(&self, route: &Arc<str>, seconds: f64) {
-        self.upstream_seconds
-            .get_or_create(&RouteLabels {
-                route: RouteLabel(route.clone()),
-            })
-            .observe(seconds);
     }
 
     /// Counts a request an app's API key admitted.
@@ -211,5 +238,37 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_routes_resolved_series_are_the_ones_metrics_renders() {
+        let metrics = Metrics::new();
+        let meters = RouteMeters::default();
+        let route: Arc<str> = Arc::from("ns/r");
+        metrics.route_request(&meters, &route, 200);
+        metrics.request(Some(&route), 200);
+        metrics.route_request(&meters, &route, 200);
+        metrics.route_request(&meters, &route, 418);
+        metrics.route_upstream_latency(&meters, &route, 0.001);
+        // After a reload the route's meters are new; the series is the same.
+        metrics.route_upstream_latency(&RouteMeters::default(), &route, 0.002);
+        let text = metrics.render();
+        assert!(
+            text.contains("keygate_requests_total{route=\"ns/r\",status=\"200\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("keygate_requests_total{route=\"ns/r\",status=\"418\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("keygate_upstream_duration_seconds_count{route=\"ns/r\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -145,7 +145,10 @@ async fn serve(shared: Arc<Shared>, mut req: Request<Body>, conn: Connection) ->
         cors.decorate(origin.as_ref(), resp.headers_mut());
     }
     let status = resp.status().as_u16();
-    shared.metrics.request(route_id, status);
+    match &route {
+        Some(r) => shared.metrics.route_request(&r.meters, &r.id, status),
+        None => shared.metrics.request(route_id, status),
+    }
     if let Some((method, path)) = access {
         tracing::info!(
             target: "keygate::access",
@@ -261,7 +264,9 @@ async fn send(
         route.client.here().request(Request::from_parts(parts, body)),
     )
     .await;
-    shared.metrics.upstream_latency(&route.id, sent.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .route_upstream_latency(&route.meters, &route.id, sent.elapsed().as_secs_f64());
     let upstream = match outcome {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(_)) if exceeded.load(Ordering::Acquire) => return Err(ProxyError::BodyTooLarge(route.spec.body_limit)),
