@@ -179,11 +179,12 @@ pub async fn serve_worker(
         tokio::spawn(async move {
             // The PROXY header and the TLS handshake come first, off the accept loop.
             if let Some((io, conn)) = edge.accept(stream, peer).await {
+                let context = ConnContext { shared, conn, draining };
                 match io {
-                    Accepted::Plain(io) => serve_connection(&serving, false, io, shared, conn, draining).await,
+                    Accepted::Plain(io) => serve_connection(&serving, false, io, context).await,
                     Accepted::Tls(io) => {
                         let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2");
-                        serve_connection(&serving, h2, io, shared, conn, draining).await
+                        serve_connection(&serving, h2, io, context).await
                     }
                 }
             }
@@ -216,53 +217,42 @@ struct Serving {
     h1: h1::Settings,
 }
 
-/// Serves one accepted connection until it ends: [`h1`] first, unless ALPN chose HTTP/2, and
-/// hyper for whatever `h1` hands over (HTTP/2 by preface, upgrades, odd heads).
-async fn serve_connection<I>(
-    serving: &Serving,
-    h2: bool,
-    io: I,
+/// What serving one connection needs besides its socket.
+struct ConnContext {
     shared: Arc<Shared>,
     conn: Connection,
+    /// Turns `true` when the listener drains.
     draining: watch::Receiver<bool>,
-) where
+}
+
+/// Serves one accepted connection until it ends: [`h1`] first, unless ALPN chose HTTP/2, and
+/// hyper for whatever `h1` hands over (HTTP/2 by preface, upgrades, odd heads).
+async fn serve_connection<I>(serving: &Serving, h2: bool, io: I, context: ConnContext)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     // hyper's connection state is large; boxed, it is allocated only for the connections that
     // need it, not reserved in every connection's task.
     if h2 {
-        return Box::pin(serve_hyper(serving, true, io, shared, conn, draining)).await;
+        return Box::pin(serve_hyper(serving, true, io, context)).await;
     }
-    let handler = shared.clone();
-    let ended = h1::serve(io, &serving.h1, draining.clone(), move |req| {
-        handle(handler.clone(), req, conn)
+    let (shared, conn) = (context.shared.clone(), context.conn);
+    let ended = h1::serve(io, &serving.h1, context.draining.clone(), move |req| {
+        handle(shared.clone(), req, conn)
     })
     .await;
     if let h1::Ended::Handoff(io, read) = ended {
-        Box::pin(serve_hyper(
-            serving,
-            false,
-            Prefixed::new(read, io),
-            shared,
-            conn,
-            draining,
-        ))
-        .await
+        Box::pin(serve_hyper(serving, false, Prefixed::new(read, io), context)).await
     }
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (by ALPN or preface) with hyper until the connection ends, or
 /// until it has had no request in flight for the keep-alive timeout.
-async fn serve_hyper<I>(
-    serving: &Serving,
-    h2: bool,
-    io: I,
-    shared: Arc<Shared>,
-    conn: Connection,
-    draining: watch::Receiver<bool>,
-) where
+async fn serve_hyper<I>(serving: &Serving, h2: bool, io: I, context: ConnContext)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let ConnContext { shared, conn, draining } = context;
     let activity = Activity::default();
     let io = IdleIo::new(io, activity.clone(), serving.keepalive);
     let service = service_fn(move |mut req: Request<Incoming>| {
