@@ -141,7 +141,6 @@ pub async fn serve_worker(
     let serving = Arc::new(Serving {
         any: builder.clone(),
         h2: builder.http2_only(),
-        keepalive: limits.keepalive_timeout,
         h1: h1::Settings {
             header_read_timeout: limits.header_read_timeout,
             keepalive_timeout: limits.keepalive_timeout,
@@ -211,9 +210,8 @@ struct Serving {
     any: auto::Builder<TokioExecutor>,
     /// HTTP/2 only, for TLS connections whose ALPN agreed on `h2`.
     h2: auto::Builder<TokioExecutor>,
-    /// How long a connection may have no request in flight.
-    keepalive: Duration,
-    /// Keygate's own HTTP/1.1 side, which takes every connection not agreed on h2 first.
+    /// Keygate's own HTTP/1.1 side, which takes every connection not agreed on h2 first. Its
+    /// keep-alive timeout bounds hyper's connections too.
     h1: h1::Settings,
 }
 
@@ -254,7 +252,7 @@ where
 {
     let ConnContext { shared, conn, draining } = context;
     let activity = Activity::default();
-    let io = IdleIo::new(io, activity.clone(), serving.keepalive);
+    let io = IdleIo::new(io, activity.clone(), serving.h1.keepalive_timeout);
     let service = service_fn(move |mut req: Request<Incoming>| {
         let shared = shared.clone();
         let busy = activity.begin();

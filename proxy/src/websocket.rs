@@ -23,6 +23,7 @@ use crate::body::{self, Body};
 use crate::config::{Config, LiveRoute};
 use crate::idle::Activity;
 use crate::metrics::Metrics;
+use crate::pipeline::has_token;
 
 /// True for an HTTP/1.1 WebSocket handshake (RFC 6455 §4.1): `GET` with `Connection: upgrade`
 /// and `Upgrade: websocket`.
@@ -31,15 +32,6 @@ pub fn is_handshake(parts: &request::Parts) -> bool {
         && parts.version == Version::HTTP_11
         && has_token(&parts.headers, header::CONNECTION, "upgrade")
         && has_token(&parts.headers, header::UPGRADE, "websocket")
-}
-
-fn has_token(headers: &http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Puts back the upgrade headers that header hygiene removed, on the upstream request or the

@@ -232,7 +232,21 @@ fn chunk_size(line: &[u8]) -> Result<(u64, usize), BodyError> {
     }
 }
 
-/// The trailer fields of a chunked body, minus those that would reframe or reroute the request.
+/// Fields a request's trailers may not carry: they would reframe or reroute the request, or slip
+/// credentials past the stages that read them from the head.
+const NOT_TRAILERS: [HeaderName; 9] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+    header::TRAILER,
+    header::TE,
+    header::CONNECTION,
+    header::CONTENT_TYPE,
+    header::AUTHORIZATION,
+    header::COOKIE,
+];
+
+/// The trailer fields of a chunked body, minus [`NOT_TRAILERS`].
 fn trailers(block: &[u8]) -> Result<HeaderMap, BodyError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_TRAILERS];
     let fields = match httparse::parse_headers(block, &mut slots) {
@@ -243,18 +257,7 @@ fn trailers(block: &[u8]) -> Result<HeaderMap, BodyError> {
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| BodyError::Chunked("invalid trailers"))?;
         let value = HeaderValue::from_bytes(field.value).map_err(|_| BodyError::Chunked("invalid trailers"))?;
-        let forbidden = [
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-            header::HOST,
-            header::TRAILER,
-            header::TE,
-            header::CONNECTION,
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            header::COOKIE,
-        ];
-        if !forbidden.contains(&name) {
+        if !NOT_TRAILERS.contains(&name) {
             map.append(name, value);
         }
     }

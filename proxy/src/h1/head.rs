@@ -11,6 +11,7 @@ use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::SizeHint;
 
 use super::body::Framing;
+use crate::pipeline::has_token;
 
 /// How many header slots live on the stack; past it (a raised `--max-headers`) they go on the
 /// heap.
@@ -91,7 +92,6 @@ fn build(bytes: &Bytes, req: &httparse::Request<'_, '_>) -> Option<Parsed> {
     let uri = Uri::from_maybe_shared(bytes.slice_ref(req.path?.as_bytes())).ok()?;
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     let (mut length, mut lengths, mut chunked, mut encodings) = (0u64, 0, false, 0);
-    let (mut close, mut trailers) = (false, false);
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).ok()?;
@@ -105,18 +105,12 @@ fn build(bytes: &Bytes, req: &httparse::Request<'_, '_>) -> Option<Parsed> {
                 chunked = value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked");
             }
             header::UPGRADE | header::EXPECT => return None,
-            header::CONNECTION => {
-                for token in tokens(&value) {
-                    if token.eq_ignore_ascii_case(b"upgrade") {
-                        return None;
-                    }
-                    close |= token.eq_ignore_ascii_case(b"close");
-                }
-            }
-            header::TE => trailers |= tokens(&value).any(|t| t.eq_ignore_ascii_case(b"trailers")),
             _ => {}
         }
         headers.append(name, value);
+    }
+    if has_token(&headers, header::CONNECTION, "upgrade") {
+        return None;
     }
     // One framing, stated once: two lengths, a length beside an encoding, or any coding but a
     // lone `chunked` is how requests are smuggled. hyper applies RFC 9112 §6.3 to them (a 400,
@@ -127,6 +121,8 @@ fn build(bytes: &Bytes, req: &httparse::Request<'_, '_>) -> Option<Parsed> {
         (0, 1) if chunked => Framing::chunked(),
         _ => return None,
     };
+    let close = has_token(&headers, header::CONNECTION, "close");
+    let trailers = has_token(&headers, header::TE, "trailers");
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -146,18 +142,6 @@ fn parse_length(value: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(value).ok()?.parse().ok()
-}
-
-/// Whether `headers` ask for the connection to close after this message.
-pub fn says_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(b"close")))
-}
-
-fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// How an answer's body goes on the wire.
@@ -361,12 +345,8 @@ mod tests {
     fn connection_and_te_tokens_are_read_from_lists() {
         let p = request("GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\nTE: deflate, trailers\r\n\r\n");
         assert!(p.close && p.trailers);
-        assert!(says_close(p.request.headers()));
-        assert!(!says_close(
-            request("GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n")
-                .request
-                .headers()
-        ));
+        assert!(has_token(p.request.headers(), header::CONNECTION, "close"));
+        assert!(!request("GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n").close);
         let p = request("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert_eq!(p.framing, Framing::chunked());
     }

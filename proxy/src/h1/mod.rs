@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -27,6 +27,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::body::{Body, empty};
+use crate::pipeline::has_token;
 use body::{Decoded, Framing, Reader, RequestBody};
 use head::{Out, Parse};
 
@@ -143,16 +144,17 @@ where
             }
         }
     };
-    let closing = client_close || *draining.borrow() || head::says_close(answer.headers());
+    let closing = client_close || *draining.borrow() || has_token(answer.headers(), header::CONNECTION, "close");
     let whole = write_answer(write, answer, head_request, closing, trailers).await;
     let back = lent.and_then(FutureExt::now_or_never).and_then(Result::ok);
     // Whoever holds an unfinished body and has not let it go may yet read from the socket, so
     // the connection cannot carry another request.
     let (mut reader, framing) = held.or(back.map(|back| (back.reader, back.framing)))?;
-    if !drain(&mut reader, framing, settings.max_header_bytes)
-        || !matches!(whole, Ok(true))
+    // Only a connection that goes on is worth draining.
+    if !matches!(whole, Ok(true))
         || closing
         || *draining.borrow()
+        || !drain(&mut reader, framing, settings.max_header_bytes)
     {
         return None;
     }

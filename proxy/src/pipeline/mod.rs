@@ -57,6 +57,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
+/// Whether a `name` field's comma-separated list holds `token` (case-insensitive), as hyper
+/// reads `Connection`: values that are not visible ASCII are skipped.
+pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// Removes the value at JSON pointer `pointer` (RFC 6901), if there is one: the session token
 /// from a login answer, a field a transform removes.
 pub(crate) fn remove_pointer(doc: &mut serde_json::Value, pointer: &str) {
