@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Response, Version, request};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{Notify, watch};
@@ -167,7 +166,7 @@ pub fn join(
     metrics: &Metrics,
     route: &LiveRoute,
     client: ClientSide,
-    mut upstream: Response<Incoming>,
+    mut upstream: Response<Body>,
 ) -> Response<Body> {
     let upstream_io = hyper::upgrade::on(&mut upstream);
     let (mut parts, _) = upstream.into_parts();

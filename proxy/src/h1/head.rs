@@ -137,7 +137,7 @@ fn build(bytes: &Bytes, req: &httparse::Request<'_, '_>) -> Option<Parsed> {
 }
 
 /// Digits only: no sign, no spaces, no list.
-fn parse_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }

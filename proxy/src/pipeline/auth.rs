@@ -10,6 +10,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use keygate_crds::resources::route::AuthMode;
 
+use super::Stage;
 use super::cookie::Step;
 use crate::config::LiveRoute;
 use crate::error::ProxyError;
@@ -24,17 +25,35 @@ pub struct Caller {
     pub upstream_auth: Option<(HeaderName, HeaderValue)>,
 }
 
-/// Applies the route's authentication; removes credentials the upstream must not see.
-pub async fn authenticate(
+/// Applies the route's authentication; removes credentials the upstream must not see. Only a
+/// cookie to translate waits (on the session store).
+pub fn authenticate<'a>(
+    route: &'a LiveRoute,
+    parts: &'a mut Parts,
+    step: Step,
+    metrics: &'a Metrics,
+) -> Stage<'a, Caller> {
+    match (&route.cookie, step) {
+        (Some(cookie), Step::Translate) => Stage::run(async move {
+            let upstream_auth = cookie.translate(&parts.headers).await?;
+            admit(route, parts, step, metrics, upstream_auth)
+        }),
+        _ => Stage::ready(admit(route, parts, step, metrics, None)),
+    }
+}
+
+/// The route's `auth` mode, given the header a cookie translated into, if any.
+fn admit(
     route: &LiveRoute,
     parts: &mut Parts,
     step: Step,
     metrics: &Metrics,
+    upstream_auth: Option<(HeaderName, HeaderValue)>,
 ) -> Result<Caller, ProxyError> {
-    let mut caller = Caller::default();
-    if let (Some(cookie), Step::Translate) = (&route.cookie, step) {
-        caller.upstream_auth = cookie.translate(&parts.headers).await?;
-    }
+    let mut caller = Caller {
+        app: None,
+        upstream_auth,
+    };
     match route.spec.auth {
         AuthMode::Cookie if step == Step::Translate && caller.upstream_auth.is_none() => {
             return Err(ProxyError::SessionRequired);

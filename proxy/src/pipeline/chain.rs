@@ -41,6 +41,7 @@ use crate::apikeys::ApiKeys;
 use crate::body::{Body, ReadError, full, read_to_limit};
 use crate::config::{ConfigError, LiveRoute};
 use crate::error::ProxyError;
+use crate::pipeline::Stage;
 use crate::pipeline::path::original_target;
 use crate::pipeline::proof::{self, Proof};
 use crate::proxy::Shared;
@@ -297,15 +298,25 @@ pub struct Advanced(());
 /// its signature), and advances the chain. The protocol headers are removed: the upstream never
 /// sees them. The body comes back unchanged; in `signature` mode it was read (up to the route's
 /// `bodyLimit`) to be verified, and is forwarded from that copy.
-pub async fn check(
+pub fn check<'a>(
+    shared: &'a Shared,
+    route: &'a LiveRoute,
+    parts: &'a mut Parts,
+    body: Body,
+) -> Stage<'a, (Option<Advanced>, Body)> {
+    match &route.chain {
+        None => Stage::skip((None, body)),
+        Some(policy) => Stage::run(advance(shared, route, policy, parts, body)),
+    }
+}
+
+async fn advance(
     shared: &Shared,
     route: &LiveRoute,
+    policy: &ChainPolicy,
     parts: &mut Parts,
     body: Body,
 ) -> Result<(Option<Advanced>, Body), ProxyError> {
-    let Some(policy) = &route.chain else {
-        return Ok((None, body));
-    };
     let app = policy.app(parts).cloned();
     let session = parts.headers.remove(&policy.session_id);
     let sent_link = parts.headers.remove(&policy.request_id);

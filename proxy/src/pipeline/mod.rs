@@ -26,7 +26,54 @@ pub mod response;
 pub mod trace;
 pub mod transform;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use http::header::{self, HeaderMap, HeaderName};
+
+use crate::error::ProxyError;
+
+/// What a stage that may wait returns: its result at once when the route does not configure the
+/// stage, else its work on the heap. A request's future would otherwise carry every stage's
+/// state inline, sized for the largest, on every route, and build and move it on each request
+/// whether the stage runs or not (docs/architecture.md has the sizes).
+pub enum Stage<'a, T> {
+    /// Nothing to wait for.
+    Done(Option<Result<T, ProxyError>>),
+    /// The stage's work.
+    Running(Pin<Box<dyn Future<Output = Result<T, ProxyError>> + Send + 'a>>),
+}
+
+impl<'a, T> Stage<'a, T> {
+    /// A stage the route does not configure: `value` passes on unchanged.
+    pub fn skip(value: T) -> Self {
+        Stage::Done(Some(Ok(value)))
+    }
+
+    /// A stage that decided without waiting.
+    pub fn ready(result: Result<T, ProxyError>) -> Self {
+        Stage::Done(Some(result))
+    }
+
+    /// A stage that waits.
+    pub fn run(work: impl Future<Output = Result<T, ProxyError>> + Send + 'a) -> Self {
+        Stage::Running(Box::pin(work))
+    }
+}
+
+// Neither variant is pinned in place: the result is moved out, the work is already boxed.
+impl<T> Unpin for Stage<'_, T> {}
+
+impl<T> Future for Stage<'_, T> {
+    type Output = Result<T, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Stage::Done(result) => Poll::Ready(result.take().expect("a stage is polled after it finished")),
+            Stage::Running(work) => work.as_mut().poll(cx),
+        }
+    }
+}
 
 /// Headers that describe one connection, not the message, and so never cross the proxy
 /// (RFC 9110 §7.6.1), in addition to every header the `Connection` header names.

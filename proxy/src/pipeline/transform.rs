@@ -31,7 +31,7 @@ use crate::body::{Body, full, read_to_limit};
 use crate::config::LiveRoute;
 use crate::error::ProxyError;
 use crate::pipeline::limits::{is_compressed, is_json, media_type};
-use crate::pipeline::remove_pointer;
+use crate::pipeline::{Stage, remove_pointer};
 
 /// A route's compiled transform.
 pub struct Transform {
@@ -218,10 +218,14 @@ impl Ops {
 
 /// Runs the request operations of `route`; see the module docs. `body` is already limited to
 /// the route's `bodyLimit`, and is buffered only when an operation needs it.
-pub async fn request(route: &LiveRoute, parts: &mut request::Parts, body: Body) -> Result<(Body, Seen), ProxyError> {
-    let Some(t) = &route.transform else {
-        return Ok((body, Seen::default()));
-    };
+pub fn request<'a>(route: &'a LiveRoute, parts: &'a mut request::Parts, body: Body) -> Stage<'a, (Body, Seen)> {
+    match &route.transform {
+        None => Stage::skip((body, Seen::default())),
+        Some(t) => Stage::run(request_ops(t, parts, body)),
+    }
+}
+
+async fn request_ops(t: &Transform, parts: &mut request::Parts, body: Body) -> Result<(Body, Seen), ProxyError> {
     let mut view = HashMap::from([
         (key("method"), Cel::from(parts.method.as_str())),
         (key("path"), Cel::from(parts.uri.path())),
@@ -262,10 +266,19 @@ pub async fn request(route: &LiveRoute, parts: &mut request::Parts, body: Body) 
 }
 
 /// Runs the answer operations of `route` on the answer the client is about to get.
-pub async fn response(route: &LiveRoute, seen: Seen, resp: Response<Body>) -> Result<Response<Body>, ProxyError> {
-    let Some(t) = route.transform.as_ref().filter(|t| !t.response.ops.is_empty()) else {
-        return Ok(resp);
-    };
+pub fn response(route: &LiveRoute, seen: Seen, resp: Response<Body>) -> Stage<'_, Response<Body>> {
+    match route.transform.as_ref().filter(|t| !t.response.ops.is_empty()) {
+        None => Stage::skip(resp),
+        Some(t) => Stage::run(response_ops(t, route.spec.body_limit, seen, resp)),
+    }
+}
+
+async fn response_ops(
+    t: &Transform,
+    limit: u64,
+    seen: Seen,
+    resp: Response<Body>,
+) -> Result<Response<Body>, ProxyError> {
     let failed = failure(Side::Response);
     let (mut parts, body) = resp.into_parts();
     // Answers to HEAD, 204s and 304s carry no body to read or write.
@@ -277,7 +290,6 @@ pub async fn response(route: &LiveRoute, seen: Seen, resp: Response<Body>) -> Re
         (key("headers"), headers_view(&parts.headers)),
     ]);
     let (raw, doc) = if body_ops {
-        let limit = route.spec.body_limit;
         let (raw, doc) = read_json(&t.response, Side::Response, &parts.headers, body, limit).await?;
         view.insert(key("body"), doc.as_ref().map_or(Cel::Null, to_cel));
         (Ok(raw), doc)

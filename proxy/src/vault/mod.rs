@@ -26,6 +26,7 @@ use keygate_crds::{SecretSnapshot, Snapshot};
 use crate::body::Body;
 use crate::config::{ConfigError, LiveRoute};
 use crate::error::ProxyError;
+use crate::pipeline::Stage;
 use crate::pipeline::limits::{is_compressed, is_json, media_type};
 use crate::store::{StoreError, Stores};
 pub(crate) use detokenize::{form_decode, form_encode};
@@ -113,33 +114,29 @@ impl Vaults {
 
 /// Detokenizes a request on a route with vault rules (see [`detokenize`](mod@detokenize));
 /// otherwise passes the body on untouched. `body` is already limited to the route's `bodyLimit`.
-pub async fn detokenize(route: &LiveRoute, parts: &mut http::request::Parts, body: Body) -> Result<Body, ProxyError> {
+pub fn detokenize<'a>(route: &'a LiveRoute, parts: &'a mut http::request::Parts, body: Body) -> Stage<'a, Body> {
     match &route.vault {
-        None => Ok(body),
-        Some(vault) => detokenize::request(vault, &route.inject, parts, body).await,
+        None => Stage::skip(body),
+        Some(vault) => Stage::run(detokenize::request(vault, &route.inject, parts, body)),
     }
 }
 
 /// Vaults the request body fields named by the route's `tokenizeRequest` rules (see
 /// [`inbound`]); otherwise passes the body on untouched. `body` is already limited to the
 /// route's `bodyLimit`.
-pub async fn tokenize_request(
-    route: &LiveRoute,
-    parts: &mut http::request::Parts,
-    body: Body,
-) -> Result<Body, ProxyError> {
+pub fn tokenize_request<'a>(route: &'a LiveRoute, parts: &'a mut http::request::Parts, body: Body) -> Stage<'a, Body> {
     match &route.vault {
-        Some(vault) if vault.tokenizes_requests() => inbound::request(vault, parts, body).await,
-        _ => Ok(body),
+        Some(vault) if vault.tokenizes_requests() => Stage::run(inbound::request(vault, parts, body)),
+        _ => Stage::skip(body),
     }
 }
 
 /// Tokenizes the fields of a JSON answer on a route whose vault rules ask for it (see
 /// [`tokenize`](mod@tokenize)); otherwise passes the body on untouched.
-pub async fn tokenize(route: &LiveRoute, parts: &mut http::response::Parts, body: Body) -> Result<Body, ProxyError> {
+pub fn tokenize<'a>(route: &'a LiveRoute, parts: &'a mut http::response::Parts, body: Body) -> Stage<'a, Body> {
     match &route.vault {
-        Some(vault) if vault.tokenizes() => tokenize::response(vault, parts, body).await,
-        _ => Ok(body),
+        Some(vault) if vault.tokenizes() => Stage::run(tokenize::response(vault, parts, body)),
+        _ => Stage::skip(body),
     }
 }
 

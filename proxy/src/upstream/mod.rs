@@ -4,6 +4,11 @@
 //! cache's [`Network`]; a client for client-named destinations also guards each address (see
 //! [`crate::external`]). Each worker thread has its own pool ([`Clients`]): a connection is
 //! only ever polled by the event loop that opened it.
+//!
+//! Requests without a body to a fixed cleartext upstream go through Keygate's own HTTP/1.1
+//! client ([`h1`]), in the request's own task; everything else goes through hyper's.
+
+pub mod h1;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -18,6 +23,10 @@ use keygate_crds::resources::route::UpstreamProtocol;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
+
+use futures::future::{Either, FutureExt, TryFutureExt};
+use http::{Request, Response};
+use http_body_util::BodyExt;
 
 use crate::body::Body;
 use crate::external::Allowlist;
@@ -41,12 +50,46 @@ pub fn enter_worker(i: usize) {
 /// worker's event loop polls would have every answer on it wake that other thread first: two
 /// workers then cost a quarter more CPU per request than one (BENCHMARKS.md).
 #[derive(Clone)]
-pub struct Clients(Arc<[UpstreamClient]>);
+pub struct Clients(Arc<[Worker]>);
+
+/// One worker's clients.
+struct Worker {
+    hyper: UpstreamClient,
+    /// For fixed upstreams that may speak HTTP/1.1.
+    own: Option<Arc<h1::Pool>>,
+}
 
 impl Clients {
-    /// The calling worker's client.
-    pub fn here(&self) -> &UpstreamClient {
-        &self.0[WORKER.get() % self.0.len()]
+    /// Sends `req` upstream from the calling worker's pools.
+    pub fn send(&self, req: Request<Body>) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + '_ {
+        let worker = &self.0[WORKER.get() % self.0.len()];
+        // Chosen before the future starts, so it holds one client's state, not both.
+        match &worker.own {
+            Some(own) if h1::suits(&req) => Either::Left(own.send(req).map_err(SendError::Own)),
+            _ => Either::Right(worker.hyper.request(req).map(|sent| match sent {
+                Ok(resp) => Ok(resp.map(|body| body.map_err(Into::into).boxed())),
+                Err(e) => Err(SendError::Hyper(e)),
+            })),
+        }
+    }
+}
+
+/// Why an upstream request failed, from either client.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Hyper(hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Own(h1::Error),
+}
+
+impl SendError {
+    /// Whether no connection was made.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Hyper(e) => e.is_connect(),
+            SendError::Own(e) => e.is_connect(),
+        }
     }
 }
 
@@ -154,9 +197,15 @@ impl ClientCache {
             return Ok((key, c.clone()));
         }
         let tls = tls_config(&key, ca_pem)?;
+        // Client-named destinations stay with hyper's client, whose connector is where their
+        // guard is proven in every test (see `crate::external`).
+        let own = key.guard.is_none() && protocol != UpstreamProtocol::Http2;
         let client = Clients(
             (0..self.workers)
-                .map(|_| build_client(&key, tls.clone(), protocol, &self.network))
+                .map(|_| Worker {
+                    hyper: build_client(&key, tls.clone(), protocol, &self.network),
+                    own: own.then(|| h1::Pool::new(Resolver::new(self.network.clone(), None), connect_timeout)),
+                })
                 .collect(),
         );
         clients.insert(key.clone(), client.clone());
