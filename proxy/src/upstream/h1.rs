@@ -1,16 +1,21 @@
-//! Keygate's own HTTP/1.1 client, for the common case: a request without a body to a cleartext
-//! upstream. The request is written and its answer read in the request's own task, on a
-//! connection from a per-worker pool keyed by the upstream's authority, so an exchange costs no
-//! task switch, channel or pool lock contention, and its head is written in one call. Anything
-//! else (a request body, TLS, HTTP/2, upgrades, client-named destinations) goes to hyper's
-//! client (see [`super::Clients::send`]).
+//! Keygate's own HTTP/1.1 client, for fixed cleartext upstreams. The request is written and its
+//! answer read in the request's own task, on a connection from a per-worker pool keyed by the
+//! upstream's authority, so an exchange costs no task switch, channel or pool lock contention,
+//! and a head with a body that is already there goes out in one call. Anything else (TLS,
+//! HTTP/2, upgrades, client-named destinations) goes to hyper's client (see
+//! [`super::Clients::send`]).
+//!
+//! A request body streams as it arrives (`Content-Length` when its size is known, else
+//! chunked, trailers included) while the answer is awaited: an upstream that answers early (a
+//! 413 before the upload ends) is heard, the rest of the body is not sent, and the connection
+//! is not reused.
 //!
 //! A connection goes back to the pool as soon as its answer's last byte has been read; an answer
 //! the caller drops early takes its connection with it. Idle connections have no task: one the
 //! upstream closed is noticed at checkout from the readiness the event loop recorded, and an
 //! idempotent request that meets a connection closed under it is sent once more on a new one.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -18,12 +23,13 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
@@ -41,6 +47,8 @@ const MAX_HEAD: usize = 256 * 1024;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// How long a connection may sit idle in the pool (hyper's pool default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Request body bytes gathered into one write before the socket is written.
+const COALESCE: usize = 64 * 1024;
 /// Idle connections kept per pool; more are closed rather than kept.
 const MAX_IDLE: usize = 512;
 
@@ -59,6 +67,12 @@ pub enum Error {
     /// The upstream closed the connection before its answer's head was whole.
     #[error("the upstream closed the connection before answering")]
     Closed,
+    /// The request's body failed (the client's stream broke off, or a limit cut it).
+    #[error("the request body failed")]
+    Body(#[source] BoxError),
+    /// The request's body was not the length its head declared.
+    #[error("the request body did not match its declared length")]
+    BodyLength,
     /// The answer's head is not HTTP/1.1 Keygate can pass on.
     #[error("the upstream's answer is not valid HTTP/1.1: {0}")]
     Invalid(&'static str),
@@ -84,11 +98,10 @@ impl Error {
     }
 }
 
-/// Whether [`Pool::send`] can carry `req`: no body, no upgrade, plain `http`.
+/// Whether [`Pool::send`] can carry `req`: plain `http`, no upgrade.
 pub fn suits(req: &Request<Body>) -> bool {
     req.uri().scheme() == Some(&http::uri::Scheme::HTTP)
         && req.uri().authority().is_some()
-        && http_body::Body::is_end_stream(req.body())
         && !req.headers().contains_key(header::UPGRADE)
 }
 
@@ -123,11 +136,14 @@ impl Pool {
         self: &'a Arc<Self>,
         req: Request<Body>,
     ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'a {
-        let (parts, _) = req.into_parts();
+        let (parts, body) = req.into_parts();
+        let outgoing = Outgoing::of(&body);
         let authority = parts.uri.authority().cloned();
-        let head = authority.as_ref().map(|a| encode(&parts, a));
+        let head = authority.as_ref().map(|a| encode(&parts, a, outgoing));
         let head_request = parts.method == Method::HEAD;
-        let idempotent = parts.method.is_idempotent();
+        // Only a request whose body was never read can be sent twice.
+        let resendable = parts.method.is_idempotent() && outgoing == Outgoing::None;
+        let mut body = (outgoing != Outgoing::None).then_some((body, outgoing));
         async move {
             let (Some(authority), Some(head)) = (authority, head) else {
                 return Err(Error::Invalid("no authority"));
@@ -139,9 +155,11 @@ impl Pool {
                     // Boxed: most requests find a connection, and need not carry a connect's state.
                     None => (Box::pin(self.connect(&authority)).await?, false),
                 };
-                match exchange(&mut conn, &head).await {
-                    Ok((head, rest)) => return Ok(self.answer(authority, conn, head, rest, head_request)),
-                    Err(e) if reused && !retried && idempotent && e.unanswered() => retried = true,
+                match exchange(&mut conn, &head, body.take()).await {
+                    Ok((answer, rest, sent)) => {
+                        return Ok(self.answer(authority, conn, answer, rest, head_request, sent));
+                    }
+                    Err(e) if reused && !retried && resendable && e.unanswered() => retried = true,
                     Err(e) => return Err(e),
                 }
             }
@@ -213,12 +231,14 @@ impl Pool {
         head: Head,
         rest: Bytes,
         head_request: bool,
+        sent: bool,
     ) -> Response<Body> {
         let bodiless = head_request
             || head.status.is_informational()
             || matches!(head.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
-        // An answer read to the connection's end leaves nothing to reuse.
-        let reuse = head.keep_alive && (bodiless || head.framing.is_some());
+        // An answer read to the connection's end leaves nothing to reuse, nor does one that came
+        // before the request's body was all sent.
+        let reuse = sent && head.keep_alive && (bodiless || head.framing.is_some());
         let mut body = Answer {
             first: None,
             conn: Some(conn),
@@ -268,9 +288,33 @@ fn still_open(stream: &TcpStream) -> bool {
     }
 }
 
-/// The request's head: `Host` from the URI (the pipeline removed the client's), and a zero
-/// `Content-Length` for the methods whose requests usually carry a body, as hyper writes them.
-fn encode(parts: &http::request::Parts, authority: &Authority) -> Vec<u8> {
+/// How a request's body goes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outgoing {
+    /// No body.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked: its size is not known before it ends.
+    Chunked,
+}
+
+impl Outgoing {
+    fn of(body: &Body) -> Outgoing {
+        if http_body::Body::is_end_stream(body) {
+            return Outgoing::None;
+        }
+        match http_body::Body::size_hint(body).exact() {
+            Some(n) => Outgoing::Length(n),
+            None => Outgoing::Chunked,
+        }
+    }
+}
+
+/// The request's head: `Host` from the URI (the pipeline removed the client's) and the body's
+/// framing as Keygate sends it, with a zero `Content-Length` for the methods whose requests
+/// usually carry a body when this one has none, as hyper writes them.
+fn encode(parts: &http::request::Parts, authority: &Authority, body: Outgoing) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + parts.headers.len() * 48);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -292,8 +336,17 @@ fn encode(parts: &http::request::Parts, authority: &Authority) -> Vec<u8> {
         owned.remove(header::TRANSFER_ENCODING);
     }
     write_fields(&fields, &mut out);
-    if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
-        out.extend_from_slice(b"content-length: 0\r\n");
+    match body {
+        Outgoing::None if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        Outgoing::None => {}
+        Outgoing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(HeaderValue::from(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Outgoing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -309,9 +362,116 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Writes `request` and reads the answer's final head; the bytes read past it come back beside.
-async fn exchange(conn: &mut Reader<TcpStream>, request: &[u8]) -> Result<(Head, Bytes), Error> {
-    conn.io.write_all(request).await.map_err(Error::Io)?;
+/// Writes the request's head and body, and reads the answer's final head; the bytes read past
+/// it come back beside, and whether the whole request went out. An answer that comes while the
+/// body is still being sent ends the sending.
+async fn exchange(
+    conn: &mut Reader<TcpStream>,
+    head: &[u8],
+    body: Option<(Body, Outgoing)>,
+) -> Result<(Head, Bytes, bool), Error> {
+    let Some((body, outgoing)) = body else {
+        conn.io.write_all(head).await.map_err(Error::Io)?;
+        return read_head(conn).await.map(|(h, rest)| (h, rest, true));
+    };
+    let (rd, mut wr) = conn.io.split();
+    let mut reader = Reader {
+        io: rd,
+        buf: std::mem::take(&mut conn.buf),
+    };
+    let mut answering = std::pin::pin!(read_head(&mut reader));
+    let sending = write_body(&mut wr, head, body, outgoing);
+    let sent = tokio::select! {
+        biased;
+        early = &mut answering => return early.map(|(h, rest)| (h, rest, false)),
+        sent = sending => sent,
+    };
+    match sent {
+        Ok(()) => answering.await.map(|(h, rest)| (h, rest, true)),
+        // The upstream may have answered and stopped reading: its answer says more than the
+        // failed write.
+        Err(Error::Io(e)) => match answering.await {
+            Ok((h, rest)) => Ok((h, rest, false)),
+            Err(_) => Err(Error::Io(e)),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `head` and then `body`, framed as `outgoing` says. What is ready goes out together;
+/// the socket is written only before waiting for more of the body, or past [`COALESCE`] bytes.
+async fn write_body<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    head: &[u8],
+    mut body: Body,
+    outgoing: Outgoing,
+) -> Result<(), Error> {
+    let chunked = outgoing == Outgoing::Chunked;
+    let mut out = Vec::with_capacity(head.len() + 1024);
+    out.extend_from_slice(head);
+    let mut written = 0u64;
+    let mut trailers = None;
+    loop {
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                wr.write_all(&out).await.map_err(Error::Io)?;
+                out.clear();
+                body.frame().await
+            }
+        };
+        let frame = match frame {
+            None => break,
+            Some(Err(e)) => return Err(Error::Body(e)),
+            Some(Ok(frame)) => frame,
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        written += data.len() as u64;
+        if let Outgoing::Length(n) = outgoing
+            && written > n
+        {
+            return Err(Error::BodyLength);
+        }
+        if chunked {
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{:x}\r\n", data.len());
+        }
+        if out.len() + data.len() > COALESCE {
+            wr.write_all(&out).await.map_err(Error::Io)?;
+            out.clear();
+            wr.write_all(&data).await.map_err(Error::Io)?;
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    match outgoing {
+        Outgoing::Length(n) if written != n => return Err(Error::BodyLength),
+        Outgoing::Chunked => {
+            out.extend_from_slice(b"0\r\n");
+            if let Some(trailers) = &trailers {
+                write_fields(trailers, &mut out);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        _ => {}
+    }
+    wr.write_all(&out).await.map_err(Error::Io)
+}
+
+/// Reads the answer's final head; the bytes read past it come back beside.
+async fn read_head<R: AsyncRead + Unpin>(conn: &mut Reader<R>) -> Result<(Head, Bytes), Error> {
     loop {
         if !conn.buf.is_empty() {
             // Frozen so header values share the bytes instead of copying them.
@@ -548,9 +708,38 @@ mod tests {
                             }
                         }
                         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+                        // The body, if any: by its length, or through the last chunk and trailers.
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |n| n.parse::<usize>().unwrap());
+                        let chunked = head.contains("transfer-encoding: chunked");
+                        let whole = |b: &[u8]| {
+                            if !chunked {
+                                return (b.len() >= end + length).then_some(end + length);
+                            }
+                            let last = b[end..].windows(3).position(|w| w == b"0\r\n")?;
+                            let from = end + last;
+                            b[from..]
+                                .windows(4)
+                                .position(|w| w == b"\r\n\r\n")
+                                .map(|j| from + j + 4)
+                                .or_else(|| b[from..].starts_with(b"0\r\n\r\n").then_some(from + 5))
+                        };
+                        let stop = loop {
+                            if let Some(stop) = whole(&buf) {
+                                break stop;
+                            }
+                            let mut chunk = [0u8; 1024];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
                         h.lock()
                             .unwrap()
-                            .push(String::from_utf8(buf.drain(..end).collect()).unwrap());
+                            .push(String::from_utf8(buf.drain(..stop).collect()).unwrap());
                         if answer.is_empty() {
                             return;
                         }
@@ -778,12 +967,12 @@ mod tests {
     }
 
     #[test]
-    fn only_bodiless_plain_requests_suit() {
+    fn plain_requests_without_an_upgrade_suit() {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert!(suits(&get(addr, Method::GET, "/")));
         let mut with_body = get(addr, Method::POST, "/");
         *with_body.body_mut() = full("x");
-        assert!(!suits(&with_body));
+        assert!(suits(&with_body));
         let mut upgrade = get(addr, Method::GET, "/");
         upgrade
             .headers_mut()
@@ -792,5 +981,101 @@ mod tests {
         let mut tls = get(addr, Method::GET, "/");
         *tls.uri_mut() = "https://example.com/".parse().unwrap();
         assert!(!suits(&tls));
+    }
+
+    /// A body of unknown length: `parts`, then trailers if any, then (with `fail`) an error.
+    fn streamed(parts: &[&'static str], trailers: Option<HeaderMap>, fail: bool) -> Body {
+        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        frames.extend(trailers.map(|t| Ok(Frame::trailers(t))));
+        if fail {
+            frames.push(Err("the client went away".into()));
+        }
+        http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed()
+    }
+
+    #[tokio::test]
+    async fn request_bodies_go_out_framed_and_the_connection_carries_on() {
+        let up = upstream(vec![vec![OK, OK, OK]]).await;
+        let pool = pool();
+        let mut post = get(up.addr, Method::POST, "/known");
+        *post.body_mut() = full("abc");
+        post.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        assert_eq!(read(pool.send(post).await.unwrap()).await.1, "hello");
+        let mut stream = get(up.addr, Method::PUT, "/streamed");
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-digest", HeaderValue::from_static("d1"));
+        *stream.body_mut() = streamed(&["hello ", "", "world"], Some(trailers), false);
+        assert_eq!(read(pool.send(stream).await.unwrap()).await.1, "hello");
+        assert_eq!(
+            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
+            "hello"
+        );
+        assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+        let heads = up.heads.lock().unwrap().clone();
+        let host = up.addr;
+        assert_eq!(
+            heads[0],
+            format!("POST /known HTTP/1.1\r\nhost: {host}\r\nx-test: 1\r\ncontent-length: 3\r\n\r\nabc")
+        );
+        assert_eq!(
+            heads[1],
+            format!(
+                "PUT /streamed HTTP/1.1\r\nhost: {host}\r\nx-test: 1\r\ntransfer-encoding: chunked\r\n\r\n\
+                 6\r\nhello \r\n5\r\nworld\r\n0\r\nx-digest: d1\r\n\r\n"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_off_fails_the_request_and_its_connection() {
+        let up = upstream(vec![vec![OK], vec![OK]]).await;
+        let pool = pool();
+        let mut post = get(up.addr, Method::POST, "/");
+        *post.body_mut() = streamed(&["part"], None, true);
+        let err = pool.send(post).await.unwrap_err();
+        assert!(matches!(err, Error::Body(_)), "{err}");
+        assert_eq!(
+            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
+            "hello"
+        );
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            2,
+            "the broken connection was not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_body_ends_is_heard_and_ends_the_connection() {
+        // The upstream answers after the head alone, and the body never ends.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            sock.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!")
+                .await
+                .unwrap();
+            // Keeps reading, as a server draining the upload would, until the client goes.
+            while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+        let pool = pool();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
+        let mut post = get(addr, Method::POST, "/upload");
+        let frames = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        *post.body_mut() = http_body_util::StreamBody::new(frames).boxed();
+        let resp = pool.send(post).await.unwrap();
+        assert_eq!(read(resp).await, (StatusCode::PAYLOAD_TOO_LARGE, "big!".into(), None));
+        assert!(
+            pool.idle.lock().unwrap().is_empty(),
+            "a connection with half a body is not reused"
+        );
+        drop(tx);
     }
 }

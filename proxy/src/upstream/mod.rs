@@ -5,8 +5,9 @@
 //! [`crate::external`]). Each worker thread has its own pool ([`Clients`]): a connection is
 //! only ever polled by the event loop that opened it.
 //!
-//! Requests without a body to a fixed cleartext upstream go through Keygate's own HTTP/1.1
-//! client ([`h1`]), in the request's own task; everything else goes through hyper's.
+//! Requests to a fixed cleartext upstream go through Keygate's own HTTP/1.1 client ([`h1`]), in
+//! the request's own task; TLS, HTTP/2, upgrades and client-named destinations go through
+//! hyper's.
 
 pub mod h1;
 
