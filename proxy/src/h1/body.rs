@@ -55,6 +55,27 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         self.buf.extend_from_slice(read.filled());
         Poll::Ready(Ok(read.filled().len()))
     }
+
+    /// The next frame of a body framed by `framing`, read as needed; `None` at its end.
+    pub fn poll_frame(
+        &mut self,
+        framing: &mut Framing,
+        max_trailer_bytes: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            match framing.decode(&mut self.buf, max_trailer_bytes) {
+                Ok(Decoded::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::More) => match ready!(self.poll_fill(cx)) {
+                    Ok(0) => return Poll::Ready(Some(Err(BodyError::Closed))),
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Some(Err(BodyError::Io(e)))),
+                },
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+    }
 }
 
 /// How a request body is delimited, and how much of it is still to come.
@@ -319,18 +340,7 @@ impl<R: AsyncRead + Unpin> http_body::Body for RequestBody<R> {
         let Some(reader) = this.reader.as_mut() else {
             return Poll::Ready(None);
         };
-        let result = loop {
-            match this.framing.decode(&mut reader.buf, this.max_trailer_bytes) {
-                Ok(Decoded::Frame(frame)) => break Some(Ok(frame)),
-                Ok(Decoded::End) => break None,
-                Ok(Decoded::More) => match ready!(reader.poll_fill(cx)) {
-                    Ok(0) => break Some(Err(BodyError::Closed)),
-                    Ok(_) => {}
-                    Err(e) => break Some(Err(BodyError::Io(e))),
-                },
-                Err(e) => break Some(Err(e)),
-            }
-        };
+        let result = ready!(reader.poll_frame(&mut this.framing, this.max_trailer_bytes, cx));
         if let Some(Err(_)) = &result {
             this.framing = Framing::Failed;
         }

@@ -26,13 +26,13 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::body::{Body, empty};
+use crate::body::{Body, BoxError, empty};
 use crate::pipeline::has_token;
 use body::{Decoded, Framing, Reader, RequestBody};
 use head::{Out, Parse};
 
 /// An answer whose whole body is at most this long leaves in one write with its head.
-const COALESCE: u64 = 64 * 1024;
+pub(crate) const COALESCE: u64 = 64 * 1024;
 /// What an answer's head is expected to fit in.
 const HEAD_ROOM: usize = 512;
 /// Data frames up to this size are copied into the pending write; larger go out as they are.
@@ -249,7 +249,7 @@ async fn write_answer<W: AsyncWrite + Unpin>(
     close: bool,
     trailers_wanted: bool,
 ) -> io::Result<bool> {
-    let (mut parts, mut body) = answer.into_parts();
+    let (mut parts, body) = answer.into_parts();
     let hint = body.size_hint();
     // Room for the head and, when it goes out with the head, the whole body: one allocation,
     // never regrown.
@@ -263,17 +263,54 @@ async fn write_answer<W: AsyncWrite + Unpin>(
         close,
         &mut pending,
     );
+    match write_message(write, pending, body, out, trailers_wanted).await {
+        Ok(()) => Ok(true),
+        Err(Unsent::Io(e)) => Err(e),
+        Err(Unsent::Body(e)) => {
+            tracing::debug!(error = %e, "answer body failed; closing the connection");
+            Ok(false)
+        }
+        Err(Unsent::Length) => {
+            tracing::debug!("answer body not the length its Content-Length says; closing the connection");
+            Ok(false)
+        }
+    }
+}
+
+/// Why a message's body did not go out whole.
+#[derive(Debug)]
+pub enum Unsent {
+    /// The connection failed.
+    Io(io::Error),
+    /// The body's stream failed.
+    Body(BoxError),
+    /// The body was not the length its `Content-Length` says (not a byte past it is sent).
+    Length,
+}
+
+/// Writes `pending` (a head, already encoded) and then `body`, framed as `out` (trailers only
+/// with `send_trailers`); used for answers to clients and for requests to upstreams. What is
+/// ready now joins the pending write and only a wait sends it, so a head and a body that is
+/// already there leave in one call. On a failure what was pending is still sent, so the peer
+/// sees where the message broke off.
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    mut pending: Vec<u8>,
+    mut body: Body,
+    out: Out,
+    send_trailers: bool,
+) -> Result<(), Unsent> {
     let coalesce = matches!(out, Out::Length(n) if n <= COALESCE);
     let mut sent = 0u64;
     let mut trailers = None;
+    let mut failed = None;
     if out != Out::Empty {
         loop {
-            // What is ready now joins the pending write; only a wait sends what is pending.
             let frame = match body.frame().now_or_never() {
                 Some(frame) => frame,
                 None => {
                     if !coalesce {
-                        flush(write, &mut pending).await?;
+                        flush(write, &mut pending).await.map_err(Unsent::Io)?;
                     }
                     body.frame().await
                 }
@@ -281,9 +318,8 @@ async fn write_answer<W: AsyncWrite + Unpin>(
             let data = match frame {
                 None => break,
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "answer body failed; closing the connection");
-                    flush(write, &mut pending).await?;
-                    return Ok(false);
+                    failed = Some(Unsent::Body(e));
+                    break;
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => data,
@@ -299,9 +335,8 @@ async fn write_answer<W: AsyncWrite + Unpin>(
             if let Out::Length(n) = out
                 && sent + data.len() as u64 > n
             {
-                tracing::debug!("answer body longer than its Content-Length; closing the connection");
-                flush(write, &mut pending).await?;
-                return Ok(false);
+                failed = Some(Unsent::Length);
+                break;
             }
             sent += data.len() as u64;
             if out == Out::Chunked {
@@ -310,26 +345,27 @@ async fn write_answer<W: AsyncWrite + Unpin>(
             if data.len() <= COPY_FRAME || coalesce {
                 pending.extend_from_slice(&data);
             } else {
-                write_both(write, &pending, &data).await?;
+                write_both(write, &pending, &data).await.map_err(Unsent::Io)?;
                 pending.clear();
             }
             if out == Out::Chunked {
                 pending.extend_from_slice(b"\r\n");
             }
         }
-        if out == Out::Chunked {
+        if failed.is_none() && out == Out::Chunked {
             pending.extend_from_slice(b"0\r\n");
-            if let Some(trailers) = trailers.filter(|_| trailers_wanted) {
+            if let Some(trailers) = trailers.filter(|_| send_trailers) {
                 head::write_fields(&trailers, &mut pending);
             }
             pending.extend_from_slice(b"\r\n");
         }
     }
-    flush(write, &mut pending).await?;
-    Ok(match out {
-        Out::Length(n) => sent == n,
-        _ => true,
-    })
+    flush(write, &mut pending).await.map_err(Unsent::Io)?;
+    match (failed, out) {
+        (Some(unsent), _) => Err(unsent),
+        (None, Out::Length(n)) if sent != n => Err(Unsent::Length),
+        _ => Ok(()),
+    }
 }
 
 async fn flush<W: AsyncWrite + Unpin>(write: &mut W, pending: &mut Vec<u8>) -> io::Result<()> {

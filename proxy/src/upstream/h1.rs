@@ -15,7 +15,7 @@
 //! upstream closed is noticed at checkout from the readiness the event loop recorded, and an
 //! idempotent request that meets a connection closed under it is sent once more on a new one.
 
-use std::io::{self, Write as _};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -23,20 +23,20 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
 use crate::body::{Body, BoxError};
 use crate::external::resolve::Resolver;
-use crate::h1::body::{BodyError, Decoded, Framing, Reader};
-use crate::h1::head::{parse_length, write_fields};
+use crate::h1::body::{BodyError, Framing, Reader};
+use crate::h1::head::{Out, parse_length, write_fields};
+use crate::h1::{COALESCE, Unsent, write_message};
 use crate::pipeline::has_token;
 
 /// Header fields an answer's head may carry.
@@ -47,8 +47,6 @@ const MAX_HEAD: usize = 256 * 1024;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// How long a connection may sit idle in the pool (hyper's pool default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Request body bytes gathered into one write before the socket is written.
-const COALESCE: usize = 64 * 1024;
 /// Idle connections kept per pool; more are closed rather than kept.
 const MAX_IDLE: usize = 512;
 
@@ -76,6 +74,16 @@ pub enum Error {
     /// The answer's head is not HTTP/1.1 Keygate can pass on.
     #[error("the upstream's answer is not valid HTTP/1.1: {0}")]
     Invalid(&'static str),
+}
+
+impl From<Unsent> for Error {
+    fn from(unsent: Unsent) -> Error {
+        match unsent {
+            Unsent::Io(e) => Error::Io(e),
+            Unsent::Body(e) => Error::Body(e),
+            Unsent::Length => Error::BodyLength,
+        }
+    }
 }
 
 impl Error {
@@ -137,13 +145,13 @@ impl Pool {
         req: Request<Body>,
     ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'a {
         let (parts, body) = req.into_parts();
-        let outgoing = Outgoing::of(&body);
+        let outgoing = outgoing(&body);
         let authority = parts.uri.authority().cloned();
         let head = authority.as_ref().map(|a| encode(&parts, a, outgoing));
         let head_request = parts.method == Method::HEAD;
         // Only a request whose body was never read can be sent twice.
-        let resendable = parts.method.is_idempotent() && outgoing == Outgoing::None;
-        let mut body = (outgoing != Outgoing::None).then_some((body, outgoing));
+        let resendable = parts.method.is_idempotent() && outgoing == Out::Empty;
+        let mut body = (outgoing != Out::Empty).then_some((body, outgoing));
         async move {
             let (Some(authority), Some(head)) = (authority, head) else {
                 return Err(Error::Invalid("no authority"));
@@ -288,33 +296,21 @@ fn still_open(stream: &TcpStream) -> bool {
     }
 }
 
-/// How a request's body goes on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outgoing {
-    /// No body.
-    None,
-    /// Exactly this many bytes.
-    Length(u64),
-    /// Chunked: its size is not known before it ends.
-    Chunked,
-}
-
-impl Outgoing {
-    fn of(body: &Body) -> Outgoing {
-        if http_body::Body::is_end_stream(body) {
-            return Outgoing::None;
-        }
-        match http_body::Body::size_hint(body).exact() {
-            Some(n) => Outgoing::Length(n),
-            None => Outgoing::Chunked,
-        }
+/// How `body` goes on the wire: `Content-Length` when its size is known, else chunked.
+fn outgoing(body: &Body) -> Out {
+    if http_body::Body::is_end_stream(body) {
+        return Out::Empty;
+    }
+    match http_body::Body::size_hint(body).exact() {
+        Some(n) => Out::Length(n),
+        None => Out::Chunked,
     }
 }
 
 /// The request's head: `Host` from the URI (the pipeline removed the client's) and the body's
 /// framing as Keygate sends it, with a zero `Content-Length` for the methods whose requests
 /// usually carry a body when this one has none, as hyper writes them.
-fn encode(parts: &http::request::Parts, authority: &Authority, body: Outgoing) -> Vec<u8> {
+fn encode(parts: &http::request::Parts, authority: &Authority, body: Out) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + parts.headers.len() * 48);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -337,16 +333,16 @@ fn encode(parts: &http::request::Parts, authority: &Authority, body: Outgoing) -
     }
     write_fields(&fields, &mut out);
     match body {
-        Outgoing::None if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
+        Out::Empty if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
-        Outgoing::None => {}
-        Outgoing::Length(n) => {
+        Out::Empty => {}
+        Out::Length(n) => {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(HeaderValue::from(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        Outgoing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -368,7 +364,7 @@ struct Head {
 async fn exchange(
     conn: &mut Reader<TcpStream>,
     head: &[u8],
-    body: Option<(Body, Outgoing)>,
+    body: Option<(Body, Out)>,
 ) -> Result<(Head, Bytes, bool), Error> {
     let Some((body, outgoing)) = body else {
         conn.io.write_all(head).await.map_err(Error::Io)?;
@@ -380,11 +376,18 @@ async fn exchange(
         buf: std::mem::take(&mut conn.buf),
     };
     let mut answering = std::pin::pin!(read_head(&mut reader));
-    let sending = write_body(&mut wr, head, body, outgoing);
+    // Room for the head and, when it goes out with the head, the whole body.
+    let room = match outgoing {
+        Out::Length(n) if n <= COALESCE => n as usize,
+        _ => 0,
+    };
+    let mut pending = Vec::with_capacity(head.len() + room);
+    pending.extend_from_slice(head);
+    let sending = write_message(&mut wr, pending, body, outgoing, true);
     let sent = tokio::select! {
         biased;
         early = &mut answering => return early.map(|(h, rest)| (h, rest, false)),
-        sent = sending => sent,
+        sent = sending => sent.map_err(Error::from),
     };
     match sent {
         Ok(()) => answering.await.map(|(h, rest)| (h, rest, true)),
@@ -396,78 +399,6 @@ async fn exchange(
         },
         Err(e) => Err(e),
     }
-}
-
-/// Writes `head` and then `body`, framed as `outgoing` says. What is ready goes out together;
-/// the socket is written only before waiting for more of the body, or past [`COALESCE`] bytes.
-async fn write_body<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    head: &[u8],
-    mut body: Body,
-    outgoing: Outgoing,
-) -> Result<(), Error> {
-    let chunked = outgoing == Outgoing::Chunked;
-    let mut out = Vec::with_capacity(head.len() + 1024);
-    out.extend_from_slice(head);
-    let mut written = 0u64;
-    let mut trailers = None;
-    loop {
-        let frame = match body.frame().now_or_never() {
-            Some(frame) => frame,
-            None => {
-                wr.write_all(&out).await.map_err(Error::Io)?;
-                out.clear();
-                body.frame().await
-            }
-        };
-        let frame = match frame {
-            None => break,
-            Some(Err(e)) => return Err(Error::Body(e)),
-            Some(Ok(frame)) => frame,
-        };
-        let data = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                trailers = frame.into_trailers().ok();
-                continue;
-            }
-        };
-        if data.is_empty() {
-            continue;
-        }
-        written += data.len() as u64;
-        if let Outgoing::Length(n) = outgoing
-            && written > n
-        {
-            return Err(Error::BodyLength);
-        }
-        if chunked {
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "{:x}\r\n", data.len());
-        }
-        if out.len() + data.len() > COALESCE {
-            wr.write_all(&out).await.map_err(Error::Io)?;
-            out.clear();
-            wr.write_all(&data).await.map_err(Error::Io)?;
-        } else {
-            out.extend_from_slice(&data);
-        }
-        if chunked {
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    match outgoing {
-        Outgoing::Length(n) if written != n => return Err(Error::BodyLength),
-        Outgoing::Chunked => {
-            out.extend_from_slice(b"0\r\n");
-            if let Some(trailers) = &trailers {
-                write_fields(trailers, &mut out);
-            }
-            out.extend_from_slice(b"\r\n");
-        }
-        _ => {}
-    }
-    wr.write_all(&out).await.map_err(Error::Io)
 }
 
 /// Reads the answer's final head; the bytes read past it come back beside.
@@ -611,18 +542,7 @@ impl http_body::Body for Answer {
                 Ok(_) => Some(Ok(Frame::data(conn.buf.split().freeze()))),
                 Err(e) => Some(Err(BodyError::Io(e))),
             },
-            Some(framing) => loop {
-                match framing.decode(&mut conn.buf, MAX_TRAILER_BYTES) {
-                    Ok(Decoded::Frame(frame)) => break Some(Ok(frame)),
-                    Ok(Decoded::End) => break None,
-                    Ok(Decoded::More) => match ready!(conn.poll_fill(cx)) {
-                        Ok(0) => break Some(Err(BodyError::Closed)),
-                        Ok(_) => {}
-                        Err(e) => break Some(Err(BodyError::Io(e))),
-                    },
-                    Err(e) => break Some(Err(e)),
-                }
-            },
+            Some(framing) => ready!(conn.poll_frame(framing, MAX_TRAILER_BYTES, cx)),
         };
         let ended = polled.is_none() || this.framing.as_ref().is_some_and(Framing::is_done);
         if let Some(Err(_)) = &polled {
