@@ -880,6 +880,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn connections_idle_past_the_timeout_are_closed_when_the_pool_is_next_used() {
+        let up = upstream(vec![vec![OK], vec![OK, OK]]).await;
+        let pool = pool();
+        assert_eq!(
+            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
+            "hello"
+        );
+        // The first connection, as if it had been idle for longer than the timeout.
+        let since = Instant::now()
+            .checked_sub(IDLE_TIMEOUT + Duration::from_secs(1))
+            .unwrap();
+        pool.idle.lock().unwrap()[0].since = since;
+        let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other_addr = other.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = other.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = sock.read(&mut buf).await;
+            sock.write_all(OK).await.unwrap();
+            let _ = sock.read(&mut buf).await;
+        });
+        // A request to another upstream puts its connection back, and the stale one goes.
+        assert_eq!(
+            read(pool.send(get(other_addr, Method::GET, "/")).await.unwrap())
+                .await
+                .1,
+            "hello"
+        );
+        let idle: Vec<Authority> = pool.idle.lock().unwrap().iter().map(|c| c.authority.clone()).collect();
+        assert_eq!(idle, [other_addr.to_string().parse::<Authority>().unwrap()]);
+        assert_eq!(
+            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
+            "hello"
+        );
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            2,
+            "the expired connection was not used"
+        );
+    }
+
+    #[tokio::test]
     async fn a_closed_port_is_a_connect_error() {
         let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         let err = pool().send(get(addr, Method::GET, "/")).await.unwrap_err();
