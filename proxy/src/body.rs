@@ -15,6 +15,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every request and response the proxy builds.
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// Whether an answer with `status`, to a request that was (or was not) `HEAD`, carries no
+/// content whatever its headers say (RFC 9110 §6.4.1): answers to `HEAD`, 1xx, 204 and 304.
+pub fn is_bodiless(status: http::StatusCode, head_request: bool) -> bool {
+    head_request
+        || status.is_informational()
+        || matches!(status, http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED)
+}
+
 /// A body of `bytes`, for answers Keygate writes itself.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     use http_body_util::BodyExt;

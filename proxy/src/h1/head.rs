@@ -11,6 +11,7 @@ use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::SizeHint;
 
 use super::body::Framing;
+use crate::body::is_bodiless;
 use crate::pipeline::has_token;
 
 /// How many header slots live on the stack; past it (a raised `--max-headers`) they go on the
@@ -166,11 +167,12 @@ pub fn encode(
     close: bool,
     out: &mut Vec<u8>,
 ) -> Out {
-    let framing = if status.is_informational() || status == StatusCode::NO_CONTENT {
-        headers.remove(header::CONTENT_LENGTH);
-        headers.remove(header::TRANSFER_ENCODING);
-        Out::Empty
-    } else if head_request || status == StatusCode::NOT_MODIFIED {
+    let framing = if is_bodiless(status, head_request) {
+        // A HEAD or 304 answer keeps the length and coding a GET would get; 1xx and 204 have none.
+        if status.is_informational() || status == StatusCode::NO_CONTENT {
+            headers.remove(header::CONTENT_LENGTH);
+            headers.remove(header::TRANSFER_ENCODING);
+        }
         Out::Empty
     } else {
         // Keygate frames the body itself; an upstream's coding was for its own hop.

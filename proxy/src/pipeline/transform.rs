@@ -22,12 +22,12 @@ use bytes::Bytes;
 use cel::objects::Key;
 use cel::{Context, Program, Value as Cel};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode, request};
+use http::{Response, request};
 use keygate_crds::resources::route::{Transform as Spec, TransformOp, TransformOpKind};
 use keygate_crds::transform::{self as checks, REQUEST, RESPONSE, Side};
 use serde_json::Value as Json;
 
-use crate::body::{Body, full, read_to_limit};
+use crate::body::{Body, full, is_bodiless, read_to_limit};
 use crate::config::LiveRoute;
 use crate::error::ProxyError;
 use crate::pipeline::limits::{is_compressed, is_json, media_type};
@@ -281,10 +281,7 @@ async fn response_ops(
 ) -> Result<Response<Body>, ProxyError> {
     let failed = failure(Side::Response);
     let (mut parts, body) = resp.into_parts();
-    // Answers to HEAD, 204s and 304s carry no body to read or write.
-    let body_ops = t.response.needs_body
-        && !seen.head
-        && !matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    let body_ops = t.response.needs_body && !is_bodiless(parts.status, seen.head);
     let mut view = HashMap::from([
         (key("status"), Cel::Int(i64::from(parts.status.as_u16()))),
         (key("headers"), headers_view(&parts.headers)),

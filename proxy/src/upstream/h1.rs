@@ -15,7 +15,7 @@
 //! upstream closed is noticed at checkout from the readiness the event loop recorded, and an
 //! idempotent request that meets a connection closed under it is sent once more on a new one.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, is_bodiless};
 use crate::external::resolve::Resolver;
 use crate::h1::body::{BodyError, Framing, Reader};
 use crate::h1::head::{Out, parse_length, write_fields};
@@ -146,14 +146,13 @@ impl Pool {
     ) -> impl Future<Output = Result<Response<Body>, Error>> + Send + 'a {
         let (parts, body) = req.into_parts();
         let outgoing = outgoing(&body);
-        let authority = parts.uri.authority().cloned();
-        let head = authority.as_ref().map(|a| encode(&parts, a, outgoing));
+        let target = parts.uri.authority().map(|a| (a.clone(), encode(&parts, a, outgoing)));
         let head_request = parts.method == Method::HEAD;
         // Only a request whose body was never read can be sent twice.
         let resendable = parts.method.is_idempotent() && outgoing == Out::Empty;
         let mut body = (outgoing != Out::Empty).then_some((body, outgoing));
         async move {
-            let (Some(authority), Some(head)) = (authority, head) else {
+            let Some((authority, head)) = target else {
                 return Err(Error::Invalid("no authority"));
             };
             let mut retried = false;
@@ -241,9 +240,7 @@ impl Pool {
         head_request: bool,
         sent: bool,
     ) -> Response<Body> {
-        let bodiless = head_request
-            || head.status.is_informational()
-            || matches!(head.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+        let bodiless = is_bodiless(head.status, head_request);
         // An answer read to the connection's end leaves nothing to reuse, nor does one that came
         // before the request's body was all sent.
         let reuse = sent && head.keep_alive && (bodiless || head.framing.is_some());
@@ -338,9 +335,8 @@ fn encode(parts: &http::request::Parts, authority: &Authority, body: Out) -> Vec
         }
         Out::Empty => {}
         Out::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(HeaderValue::from(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }

@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::{Either, FutureExt, TryFutureExt};
+use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,10 +27,6 @@ use keygate_crds::resources::route::UpstreamProtocol;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
-
-use futures::future::{Either, FutureExt, TryFutureExt};
-use http::{Request, Response};
-use http_body_util::BodyExt;
 
 use crate::body::Body;
 use crate::external::Allowlist;
