@@ -18,7 +18,8 @@
 use std::io::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,9 @@ const MAX_TRAILER_BYTES: usize = 16 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per pool; more are closed rather than kept.
 const MAX_IDLE: usize = 512;
+/// How often a pool with idle connections closes those past [`IDLE_TIMEOUT`] or closed by
+/// their upstream, whether or not requests still use it.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +123,9 @@ pub struct Pool {
     connect_timeout: Duration,
     /// Oldest first: a checkout takes the newest, the oldest expire.
     idle: Mutex<Vec<Idle>>,
+    /// Whether a [`sweep`] task runs for this pool: from a checkin until the pool is empty.
+    sweeping: AtomicBool,
+    sweep_every: Duration,
 }
 
 struct Idle {
@@ -134,6 +141,8 @@ impl Pool {
             resolver,
             connect_timeout,
             idle: Mutex::default(),
+            sweeping: AtomicBool::new(false),
+            sweep_every: SWEEP_EVERY,
         })
     }
 
@@ -184,7 +193,7 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, authority: Authority, conn: Reader<TcpStream>) {
+    fn checkin(self: &Arc<Self>, authority: Authority, conn: Reader<TcpStream>) {
         let now = Instant::now();
         let mut idle = self.idle.lock().expect("pool lock");
         let expired = idle.iter().take_while(|c| now - c.since > IDLE_TIMEOUT).count();
@@ -197,6 +206,14 @@ impl Pool {
             conn,
             since: now,
         });
+        drop(idle);
+        // After the push: a sweep that found the pool empty has cleared the flag by now.
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(worker) => drop(worker.spawn(sweep(Arc::downgrade(self), self.sweep_every))),
+                Err(_) => self.sweeping.store(false, Ordering::Release),
+            }
+        }
     }
 
     async fn connect(&self, authority: &Authority) -> Result<Reader<TcpStream>, Error> {
@@ -276,6 +293,27 @@ impl Pool {
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers;
         resp
+    }
+}
+
+/// Closes, `every` so often, the pool's idle connections past [`IDLE_TIMEOUT`] or
+/// closed by their upstream: a pool that requests stopped using would otherwise keep them,
+/// half-closed sockets included, until a reload drops it. Runs on the worker that owns the
+/// pool, holds it only while sweeping, and ends once the pool is empty or gone.
+async fn sweep(pool: Weak<Pool>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut idle = pool.idle.lock().expect("pool lock");
+        idle.retain(|c| now - c.since <= IDLE_TIMEOUT && still_open(&c.conn.io));
+        if idle.is_empty() {
+            // Under the lock, so a checkin's push comes after and starts the next sweep.
+            pool.sweeping.store(false, Ordering::Release);
+            return;
+        }
     }
 }
 
@@ -915,6 +953,50 @@ mod tests {
             2,
             "the expired connection was not used"
         );
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_swept_without_further_requests() {
+        // One connection answers and closes; the other answers and waits for more.
+        let up = upstream(vec![vec![OK], vec![OK, OK]]).await;
+        let mut pool = pool();
+        Arc::get_mut(&mut pool).unwrap().sweep_every = Duration::from_millis(20);
+        let (a, b) = tokio::join!(
+            pool.send(get(up.addr, Method::GET, "/")),
+            pool.send(get(up.addr, Method::GET, "/"))
+        );
+        assert_eq!(read(a.unwrap()).await.1, "hello");
+        assert_eq!(read(b.unwrap()).await.1, "hello");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+        let idle = || pool.idle.lock().unwrap().len();
+        let settle = async |want: usize| {
+            for _ in 0..200 {
+                if idle() == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{} idle connections, not {want}", idle());
+        };
+        // No request uses the pool: the closed connection goes, the open one stays.
+        settle(1).await;
+        // The open one, as if idle for longer than the timeout, goes too, and the sweep ends.
+        pool.idle.lock().unwrap()[0].since = Instant::now()
+            .checked_sub(IDLE_TIMEOUT + Duration::from_secs(1))
+            .unwrap();
+        settle(0).await;
+        assert!(
+            !pool.sweeping.load(Ordering::Acquire),
+            "an empty pool keeps no sweep running"
+        );
+        // The next request opens a connection of its own, and its checkin starts a new sweep.
+        let up = upstream(vec![vec![OK]]).await;
+        assert_eq!(
+            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
+            "hello"
+        );
+        assert!(pool.sweeping.load(Ordering::Acquire));
+        settle(0).await;
     }
 
     #[tokio::test]
