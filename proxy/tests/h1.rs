@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -159,6 +160,42 @@ async fn close_is_honoured_and_an_unread_body_does_not_spoil_the_connection() {
         "the connection stayed open after Connection: close"
     );
     assert_eq!(up.seen.lock().unwrap().len(), 1, "only /api/next went upstream");
+}
+
+#[tokio::test]
+async fn an_upload_refused_before_it_ends_still_reads_its_answer() {
+    let up = Upstream::ok().await;
+    let proxy = Proxy::start(&route_yaml("small", "/small", &up.url(), "  bodyLimit: 1000")).await;
+    let mut s = connect(&proxy).await;
+    // 4 MiB declared: refused at once, unread. The client, like curl or a browser, sends all of
+    // it before it reads; closing with its bytes unread would reset the connection under it and
+    // the 413 would be lost.
+    const LEN: usize = 4 << 20;
+    s.get_mut()
+        .write_all(format!("POST /small/upload HTTP/1.1\r\nHost: a\r\nContent-Length: {LEN}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    for sent in (0..LEN).step_by(chunk.len()) {
+        // Halfway, a pause: the answer and the proxy's close arrive while the client still sends.
+        if sent == LEN / 2 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        within("sending the body", s.get_mut().write_all(&chunk))
+            .await
+            .unwrap_or_else(|e| panic!("the upload broke off after {sent} bytes: {e}"));
+    }
+    let got = read_answer(&mut s, false).await;
+    assert!(got.status_line.starts_with("HTTP/1.1 413"), "{got:?}");
+    assert!(String::from_utf8_lossy(&got.body).contains("BODY_TOO_LARGE"), "{got:?}");
+    assert!(
+        closed(&mut s).await,
+        "the connection stayed open after the refused upload"
+    );
+    assert!(
+        up.seen.lock().unwrap().is_empty(),
+        "the refused upload reached the upstream"
+    );
 }
 
 #[tokio::test]

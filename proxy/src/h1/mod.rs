@@ -41,6 +41,12 @@ const COPY_FRAME: usize = 8 * 1024;
 /// the connection can carry the next request; past it, or if more must be waited for, the
 /// connection closes.
 const DRAIN: usize = 64 * 1024;
+/// A connection closed while its client may still be sending (a request body left unread)
+/// first reads and drops what comes, for up to this long in all and [`LINGER_READ`] per read
+/// (nginx's `lingering_time` and `lingering_timeout`): closed with the client's bytes unread,
+/// it would be reset, and a client still uploading would lose the answer (a 413) with it.
+const LINGER: Duration = Duration::from_secs(30);
+const LINGER_READ: Duration = Duration::from_secs(5);
 
 /// The listener's limits as this server side applies them.
 #[derive(Clone, Debug)]
@@ -80,21 +86,22 @@ where
     loop {
         let parsed = match read_head(&mut reader, settings, &mut draining, first).await {
             Next::Request(parsed) => parsed,
-            Next::Close => return close(write).await,
+            Next::Close => return close(write, None, &mut draining).await,
             Next::Handoff => return Ended::Handoff(reader.io.unsplit(write), reader.buf.freeze()),
         };
         first = false;
         // One allocation per request holds the whole exchange (the service's future included),
         // so the connection's own future, which is what an idle connection costs, stays small.
         match Box::pin(exchange(*parsed, reader, &mut write, settings, &draining, &mut service)).await {
-            Some(next) => reader = next,
-            None => return close(write).await,
+            Ok(next) => reader = next,
+            Err(unread) => return close(write, unread, &mut draining).await,
         }
     }
 }
 
 /// One request and its answer. Gives the read side back when the connection may carry another
-/// request.
+/// request; else the connection closes, and the read side comes back too if the client may
+/// still be sending the request's body.
 async fn exchange<I, S, F>(
     parsed: head::Parsed,
     reader: Reader<ReadHalf<I>>,
@@ -102,7 +109,7 @@ async fn exchange<I, S, F>(
     settings: &Settings,
     draining: &watch::Receiver<bool>,
     service: &mut S,
-) -> Option<Reader<ReadHalf<I>>>
+) -> Result<Reader<ReadHalf<I>>, Option<Reader<ReadHalf<I>>>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
     S: FnMut(Request<Body>) -> F,
@@ -135,12 +142,15 @@ where
             answer = answering.as_mut() => break answer,
             back = async { lent.as_mut().expect("guarded").await }, if lent.is_some() => {
                 lent = None;
-                held = Some(back.ok().map(|back| (back.reader, back.framing))?);
+                let Ok(back) = back else {
+                    return Err(None);
+                };
+                held = Some((back.reader, back.framing));
             }
             read = poll_fn(|cx| held.as_mut().expect("guarded").0.poll_fill_lazily(cx)), if watching => match read {
                 Ok(n) if n > 0 => {}
                 // Returning drops the answer's future, which cancels the upstream request too.
-                _ => return None,
+                _ => return Err(None),
             }
         }
     };
@@ -149,24 +159,48 @@ where
     let back = lent.and_then(FutureExt::now_or_never).and_then(Result::ok);
     // Whoever holds an unfinished body and has not let it go may yet read from the socket, so
     // the connection cannot carry another request.
-    let (mut reader, framing) = held.or(back.map(|back| (back.reader, back.framing)))?;
-    // Only a connection that goes on is worth draining.
-    if !matches!(whole, Ok(true))
-        || closing
-        || *draining.borrow()
-        || !drain(&mut reader, framing, settings.max_header_bytes)
-    {
-        return None;
+    let Some((mut reader, framing)) = held.or(back.map(|back| (back.reader, back.framing))) else {
+        return Err(None);
+    };
+    match whole {
+        // The client is gone: nothing to linger for.
+        Err(_) => return Err(None),
+        Ok(_) if !drain(&mut reader, framing, settings.max_header_bytes) => return Err(Some(reader)),
+        Ok(false) => return Err(None),
+        Ok(true) if closing || *draining.borrow() => return Err(None),
+        Ok(true) => {}
     }
     if reader.buf.is_empty() {
         // Lets the buffer go while the connection idles.
         reader.buf = BytesMut::new();
     }
-    Some(reader)
+    Ok(reader)
 }
 
-async fn close<I: AsyncWrite>(mut write: WriteHalf<I>) -> Ended<I> {
+/// Closes the connection: its sending side first, then, given the read side of a request whose
+/// body was left unread, reads and drops what the client still sends until it closes too, the
+/// [`LINGER`] times run out, or the server starts draining.
+async fn close<I: AsyncRead + AsyncWrite>(
+    mut write: WriteHalf<I>,
+    unread: Option<Reader<ReadHalf<I>>>,
+    draining: &mut watch::Receiver<bool>,
+) -> Ended<I> {
     let _ = write.shutdown().await;
+    if let Some(mut reader) = unread {
+        let discard = async {
+            loop {
+                reader.buf.clear();
+                match tokio::time::timeout(LINGER_READ, poll_fn(|cx| reader.poll_fill(cx))).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(LINGER, discard) => {}
+            _ = draining.wait_for(|d| *d) => {}
+        }
+    }
     Ended::Closed
 }
 
