@@ -167,9 +167,9 @@ async fn an_upload_refused_before_it_ends_still_reads_its_answer() {
     let up = Upstream::ok().await;
     let proxy = Proxy::start(&route_yaml("small", "/small", &up.url(), "  bodyLimit: 1000")).await;
     let mut s = connect(&proxy).await;
-    // 4 MiB declared: refused at once, unread. The client, like curl or a browser, sends all of
-    // it before it reads; closing with its bytes unread would reset the connection under it and
-    // the 413 would be lost.
+    // 4 MiB declared: refused at once, unread. This client sends all of it before it reads, as
+    // Python's http.client does; closing with its bytes unread would reset the connection under
+    // it and the 413 would be lost.
     const LEN: usize = 4 << 20;
     s.get_mut()
         .write_all(format!("POST /small/upload HTTP/1.1\r\nHost: a\r\nContent-Length: {LEN}\r\n\r\n").as_bytes())

@@ -733,6 +733,11 @@ mod tests {
         )
     }
 
+    /// The body of the answer to a bodiless `method` request to `addr`, sent through `pool`.
+    async fn body_of(pool: &Arc<Pool>, addr: SocketAddr, method: Method) -> String {
+        read(pool.send(get(addr, method, "/")).await.unwrap()).await.1
+    }
+
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
 
     #[tokio::test]
@@ -773,10 +778,7 @@ mod tests {
         let (status, body, trailers) = read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "hello world"));
         assert_eq!(trailers.unwrap()["x-sum"], "42");
-        assert_eq!(
-            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
-            "hello"
-        );
+        assert_eq!(body_of(&pool, up.addr, Method::GET).await, "hello");
         assert_eq!(up.connections.load(Ordering::SeqCst), 1, "reused after the last chunk");
     }
 
@@ -787,10 +789,7 @@ mod tests {
         let resp = pool.send(get(up.addr, Method::GET, "/")).await.unwrap();
         assert!(http_body::Body::size_hint(resp.body()).exact().is_none());
         assert_eq!(read(resp).await.1, "until the end");
-        assert_eq!(
-            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
-            "hello"
-        );
+        assert_eq!(body_of(&pool, up.addr, Method::GET).await, "hello");
         assert_eq!(up.connections.load(Ordering::SeqCst), 2);
     }
 
@@ -828,10 +827,7 @@ mod tests {
         .await;
         let pool = pool();
         for _ in 0..3 {
-            assert_eq!(
-                read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
-                "hello"
-            );
+            assert_eq!(body_of(&pool, up.addr, Method::GET).await, "hello");
         }
         assert_eq!(up.connections.load(Ordering::SeqCst), 3);
     }
@@ -841,16 +837,10 @@ mod tests {
         // The first connection answers once and closes; the second answers the retry.
         let up = upstream(vec![vec![OK], vec![OK, OK]]).await;
         let pool = pool();
-        assert_eq!(
-            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
-            "hello"
-        );
+        assert_eq!(body_of(&pool, up.addr, Method::GET).await, "hello");
         // Whether the close is seen at checkout or only once the request is written, the
         // caller gets its answer.
-        assert_eq!(
-            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
-            "hello"
-        );
+        assert_eq!(body_of(&pool, up.addr, Method::GET).await, "hello");
         assert_eq!(up.connections.load(Ordering::SeqCst), 2);
     }
 
@@ -859,14 +849,8 @@ mod tests {
         // Each first connection answers once, then reads the next request and closes unanswered.
         let up = upstream(vec![vec![OK, b""], vec![OK]]).await;
         let pool = pool();
-        assert_eq!(
-            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
-            "hello"
-        );
-        assert_eq!(
-            read(pool.send(get(up.addr, Method::PUT, "/")).await.unwrap()).await.1,
-            "hello"
-        );
+        assert_eq!(body_of(&pool, up.addr, Method::GET).await, "hello");
+        assert_eq!(body_of(&pool, up.addr, Method::PUT).await, "hello");
         let heads = up.heads.lock().unwrap().clone();
         assert_eq!(
             heads.iter().filter(|h| h.starts_with("PUT")).count(),
@@ -877,10 +861,7 @@ mod tests {
 
         let up = upstream(vec![vec![OK, b""], vec![OK]]).await;
         let pool = self::pool();
-        assert_eq!(
-            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
-            "hello"
-        );
+        assert_eq!(body_of(&pool, up.addr, Method::GET).await, "hello");
         let err = pool.send(get(up.addr, Method::POST, "/")).await.unwrap_err();
         assert!(matches!(err, Error::Closed), "{err}");
         let heads = up.heads.lock().unwrap().clone();
@@ -917,10 +898,7 @@ mod tests {
     async fn connections_idle_past_the_timeout_are_closed_when_the_pool_is_next_used() {
         let up = upstream(vec![vec![OK], vec![OK, OK]]).await;
         let pool = pool();
-        assert_eq!(
-            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
-            "hello"
-        );
+        assert_eq!(body_of(&pool, up.addr, Method::GET).await, "hello");
         // The first connection, as if it had been idle for longer than the timeout.
         let since = Instant::now()
             .checked_sub(IDLE_TIMEOUT + Duration::from_secs(1))
@@ -936,18 +914,10 @@ mod tests {
             let _ = sock.read(&mut buf).await;
         });
         // A request to another upstream puts its connection back, and the stale one goes.
-        assert_eq!(
-            read(pool.send(get(other_addr, Method::GET, "/")).await.unwrap())
-                .await
-                .1,
-            "hello"
-        );
+        assert_eq!(body_of(&pool, other_addr, Method::GET).await, "hello");
         let idle: Vec<Authority> = pool.idle.lock().unwrap().iter().map(|c| c.authority.clone()).collect();
         assert_eq!(idle, [other_addr.to_string().parse::<Authority>().unwrap()]);
-        assert_eq!(
-            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
-            "hello"
-        );
+        assert_eq!(body_of(&pool, up.addr, Method::GET).await, "hello");
         assert_eq!(
             up.connections.load(Ordering::SeqCst),
             2,
@@ -991,10 +961,7 @@ mod tests {
         );
         // The next request opens a connection of its own, and its checkin starts a new sweep.
         let up = upstream(vec![vec![OK]]).await;
-        assert_eq!(
-            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
-            "hello"
-        );
+        assert_eq!(body_of(&pool, up.addr, Method::GET).await, "hello");
         assert!(pool.sweeping.load(Ordering::Acquire));
         settle(0).await;
     }
@@ -1050,10 +1017,7 @@ mod tests {
         trailers.insert("x-digest", HeaderValue::from_static("d1"));
         *stream.body_mut() = streamed(&["hello ", "", "world"], Some(trailers), false);
         assert_eq!(read(pool.send(stream).await.unwrap()).await.1, "hello");
-        assert_eq!(
-            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
-            "hello"
-        );
+        assert_eq!(body_of(&pool, up.addr, Method::GET).await, "hello");
         assert_eq!(up.connections.load(Ordering::SeqCst), 1);
         let heads = up.heads.lock().unwrap().clone();
         let host = up.addr;
@@ -1078,10 +1042,7 @@ mod tests {
         *post.body_mut() = streamed(&["part"], None, true);
         let err = pool.send(post).await.unwrap_err();
         assert!(matches!(err, Error::Body(_)), "{err}");
-        assert_eq!(
-            read(pool.send(get(up.addr, Method::GET, "/")).await.unwrap()).await.1,
-            "hello"
-        );
+        assert_eq!(body_of(&pool, up.addr, Method::GET).await, "hello");
         assert_eq!(
             up.connections.load(Ordering::SeqCst),
             2,

@@ -113,7 +113,7 @@ fn pace(rate: f64, until: Instant, due_times: tokio::sync::mpsc::UnboundedSender
             std::thread::sleep((due - now).max(PACING_QUANTUM));
             continue;
         }
-        while due <= now {
+        while due <= now && due < until {
             if due_times.send(due).is_err() {
                 return;
             }
