@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use http::{Request, Response, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 
 use crate::body::{Body, LimitedBody};
@@ -231,13 +232,21 @@ fn send(
         let websocket = (route.spec.websocket && websocket::is_handshake(&parts))
             .then(|| websocket::ClientSide::take(&mut parts))
             .flatten();
-        let exceeded = Arc::new(AtomicBool::new(false));
-        let stalled = Arc::new(AtomicBool::new(false));
-        let body = StallingBody::new(body, shared.limits.body_idle_timeout, stalled.clone());
-        let body = LimitedBody::new(body, route.spec.body_limit, exceeded.clone()).boxed();
+        // Watched only while there is a body to come: one that has ended can neither stall nor
+        // outgrow the limit, and most requests have none.
+        let watch = (!body.is_end_stream()).then(BodyWatch::default);
+        let body = match &watch {
+            Some(watch) => {
+                let body = StallingBody::new(body, shared.limits.body_idle_timeout, watch.stalled.clone());
+                LimitedBody::new(body, route.spec.body_limit, watch.exceeded.clone()).boxed()
+            }
+            None => body,
+        };
+        let stalled = || watch.as_ref().is_some_and(|w| w.stalled.load(Ordering::Acquire));
+        let exceeded = || watch.as_ref().is_some_and(|w| w.exceeded.load(Ordering::Acquire));
         // A stage that read the body failed because it stopped arriving: that is the client's 408.
         let timed_out = |e: ProxyError| {
-            if stalled.load(Ordering::Acquire) {
+            if stalled() {
                 ProxyError::RequestTimeout(shared.limits.body_idle_timeout.as_secs())
             } else {
                 e
@@ -281,10 +290,10 @@ fn send(
             .route_upstream_latency(&route.meters, &route.id, sent.elapsed().as_secs_f64());
         let upstream = match outcome {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
-            Ok(Err(_)) if exceeded.load(Ordering::Acquire) => {
+            Ok(Err(_)) if exceeded() => {
                 return Err(ProxyError::BodyTooLarge(route.spec.body_limit));
             }
-            Ok(Err(_)) if stalled.load(Ordering::Acquire) => {
+            Ok(Err(_)) if stalled() => {
                 return Err(ProxyError::RequestTimeout(shared.limits.body_idle_timeout.as_secs()));
             }
             Ok(Err(e)) => {
@@ -317,6 +326,15 @@ fn send(
         // Last, on what the client would get: the session token is already out of the answer.
         transform::response(route, seen, resp).await
     }
+}
+
+/// What became of a request body on its way upstream, for naming a failed send.
+#[derive(Default)]
+struct BodyWatch {
+    /// It went past the route's `bodyLimit`.
+    exceeded: Arc<AtomicBool>,
+    /// It stopped arriving for the body idle timeout.
+    stalled: Arc<AtomicBool>,
 }
 
 /// Names the failure the way a person debugging an upstream would want it named.

@@ -227,7 +227,7 @@ struct ConnContext {
 /// hyper for whatever `h1` hands over (HTTP/2 by preface, upgrades, odd heads).
 async fn serve_connection<I>(serving: &Serving, h2: bool, io: I, context: ConnContext)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    I: h1::Duplex + Unpin + Send + Sync + 'static,
 {
     // hyper's connection state is large; boxed, it is allocated only for the connections that
     // need it, not reserved in every connection's task.

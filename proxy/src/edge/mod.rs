@@ -13,11 +13,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::h1::Duplex;
 use crate::pipeline::client::Connection;
 
 /// How the proxy listener takes connections.
@@ -122,6 +124,36 @@ impl<S> Prefixed<S> {
     /// `inner`, whose reads start with `prefix`.
     pub fn new(prefix: Bytes, inner: S) -> Self {
         Prefixed { prefix, inner }
+    }
+}
+
+/// Owned halves: reading and writing a TCP stream need no lock between them.
+impl Duplex for Prefixed<TcpStream> {
+    type Read = Prefixed<OwnedReadHalf>;
+    type Write = OwnedWriteHalf;
+
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        let (read, write) = self.inner.into_split();
+        (Prefixed::new(self.prefix, read), write)
+    }
+
+    fn from_halves(read: Self::Read, write: Self::Write) -> Self {
+        let stream = read.inner.reunite(write).expect("the halves of one stream");
+        Prefixed::new(read.prefix, stream)
+    }
+}
+
+/// A TLS session's reads may write (and its writes read), so its halves share it under a lock.
+impl Duplex for Box<TlsStream<Prefixed<TcpStream>>> {
+    type Read = ReadHalf<Self>;
+    type Write = WriteHalf<Self>;
+
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+
+    fn from_halves(read: Self::Read, write: Self::Write) -> Self {
+        read.unsplit(write)
     }
 }
 

@@ -18,6 +18,9 @@ use crate::pipeline::has_token;
 /// heap.
 const STACK_HEADERS: usize = 100;
 
+/// How many fields a request typically gains on its way upstream.
+const ADDED_FIELDS: usize = 8;
+
 /// A request head read whole.
 pub struct Parsed {
     /// Method, target, version and headers; the body is attached by the caller.
@@ -91,7 +94,9 @@ fn build(bytes: &Bytes, req: &httparse::Request<'_, '_>) -> Option<Parsed> {
         return None;
     }
     let uri = Uri::from_maybe_shared(bytes.slice_ref(req.path?.as_bytes())).ok()?;
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    // Room for what the way upstream adds (X-Forwarded-*, X-Real-IP, traceparent, injected
+    // keys), so the map is not regrown two or three times on each request.
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + ADDED_FIELDS);
     let (mut length, mut lengths, mut chunked, mut encodings) = (0u64, 0, false, 0);
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;

@@ -15,6 +15,7 @@ pub mod head;
 
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice, Write as _};
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -22,9 +23,9 @@ use futures::FutureExt;
 use http::{Method, Request, Response, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, BoxError, empty};
 use crate::pipeline::has_token;
@@ -47,6 +48,19 @@ const DRAIN: usize = 64 * 1024;
 /// it would be reset, and a client still uploading would lose the answer (a 413) with it.
 const LINGER: Duration = Duration::from_secs(30);
 const LINGER_READ: Duration = Duration::from_secs(5);
+
+/// A connection read by one owner and written by another: the request body reads while the
+/// answer is written.
+pub trait Duplex: AsyncRead + AsyncWrite + Sized {
+    /// What reads.
+    type Read: AsyncRead + Unpin + Send + Sync + 'static;
+    /// What writes.
+    type Write: AsyncWrite + Unpin + Send + Sync + 'static;
+    /// Splits the connection in two.
+    fn into_halves(self) -> (Self::Read, Self::Write);
+    /// The connection again, from the two halves [`Duplex::into_halves`] gave.
+    fn from_halves(read: Self::Read, write: Self::Write) -> Self;
+}
 
 /// The listener's limits as this server side applies them.
 #[derive(Clone, Debug)]
@@ -73,28 +87,41 @@ pub enum Ended<I> {
 /// be handed to hyper, or `draining` turns true (then after the answer in flight).
 pub async fn serve<I, S, F>(io: I, settings: &Settings, mut draining: watch::Receiver<bool>, mut service: S) -> Ended<I>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    I: Duplex,
     S: FnMut(Request<Body>) -> F,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let (read, mut write) = tokio::io::split(io);
+    let (read, mut write) = io.into_halves();
     let mut reader = Reader {
         io: read,
         buf: BytesMut::new(),
     };
+    // One timer for every wait between requests, moved on each time: moving a registered timer
+    // later is one atomic write, where a timer per request is registered and removed under the
+    // timer driver's lock.
+    let mut idle = std::pin::pin!(tokio::time::sleep(settings.keepalive_timeout));
     let mut first = true;
     loop {
-        let parsed = match read_head(&mut reader, settings, &mut draining, first).await {
+        let parsed = match read_head(&mut reader, settings, &mut draining, idle.as_mut(), first).await {
             Next::Request(parsed) => parsed,
-            Next::Close => return close(write, None, &mut draining).await,
-            Next::Handoff => return Ended::Handoff(reader.io.unsplit(write), reader.buf.freeze()),
+            Next::Close => return close::<I>(write, None, &mut draining).await,
+            Next::Handoff => return Ended::Handoff(I::from_halves(reader.io, write), reader.buf.freeze()),
         };
         first = false;
         // One allocation per request holds the whole exchange (the service's future included),
         // so the connection's own future, which is what an idle connection costs, stays small.
-        match Box::pin(exchange(*parsed, reader, &mut write, settings, &draining, &mut service)).await {
+        match Box::pin(exchange::<I, _, _>(
+            *parsed,
+            reader,
+            &mut write,
+            settings,
+            &draining,
+            &mut service,
+        ))
+        .await
+        {
             Ok(next) => reader = next,
-            Err(unread) => return close(write, unread, &mut draining).await,
+            Err(unread) => return close::<I>(write, unread, &mut draining).await,
         }
     }
 }
@@ -104,14 +131,14 @@ where
 /// still be sending the request's body.
 async fn exchange<I, S, F>(
     parsed: head::Parsed,
-    reader: Reader<ReadHalf<I>>,
-    write: &mut WriteHalf<I>,
+    reader: Reader<I::Read>,
+    write: &mut I::Write,
     settings: &Settings,
     draining: &watch::Receiver<bool>,
     service: &mut S,
-) -> Result<Reader<ReadHalf<I>>, Option<Reader<ReadHalf<I>>>>
+) -> Result<Reader<I::Read>, Option<Reader<I::Read>>>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    I: Duplex,
     S: FnMut(Request<Body>) -> F,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -180,9 +207,9 @@ where
 /// Closes the connection: its sending side first, then, given the read side of a request whose
 /// body was left unread, reads and drops what the client still sends until it closes too, the
 /// [`LINGER`] times run out, or the server starts draining.
-async fn close<I: AsyncRead + AsyncWrite>(
-    mut write: WriteHalf<I>,
-    unread: Option<Reader<ReadHalf<I>>>,
+async fn close<I: Duplex>(
+    mut write: I::Write,
+    unread: Option<Reader<I::Read>>,
     draining: &mut watch::Receiver<bool>,
 ) -> Ended<I> {
     let _ = write.shutdown().await;
@@ -211,26 +238,28 @@ enum Next {
 }
 
 /// Waits for the next head and reads it whole, within the timeouts.
-async fn read_head<I: AsyncRead>(
-    reader: &mut Reader<ReadHalf<I>>,
+async fn read_head<R: AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
     settings: &Settings,
     draining: &mut watch::Receiver<bool>,
+    mut idle: Pin<&mut Sleep>,
     first: bool,
 ) -> Next {
     if reader.buf.is_empty() {
         // A new connection is expected to speak promptly; a kept-alive one may idle.
-        let idle = if first {
+        let wait = if first {
             settings.header_read_timeout.min(settings.keepalive_timeout)
         } else {
             settings.keepalive_timeout
         };
+        idle.as_mut().reset(Instant::now() + wait);
         tokio::select! {
             read = poll_fn(|cx| reader.poll_fill_lazily(cx)) => match read {
                 Ok(n) if n > 0 => {}
                 _ => return Next::Close,
             },
             _ = draining.wait_for(|d| *d) => return Next::Close,
-            () = tokio::time::sleep(idle) => return Next::Close,
+            () = idle => return Next::Close,
         }
     }
     let deadline = Instant::now() + settings.header_read_timeout;

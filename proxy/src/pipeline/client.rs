@@ -7,6 +7,7 @@
 //! The resolved address is what `rateLimit.per: client` counts, what the access log shows and
 //! what the upstream's `X-Forwarded-For` and `X-Real-IP` carry (see [`super::request`]).
 
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::header::{HeaderMap, HeaderValue};
@@ -84,6 +85,19 @@ pub struct Client {
     /// The `X-Forwarded-For` Keygate vouches for: the client, the trusted hops, the peer.
     /// `None` when that is the client alone.
     pub chain: Option<HeaderValue>,
+}
+
+impl Client {
+    /// The client's address as `X-Forwarded-For` and `X-Real-IP` carry it, written on the
+    /// stack: a request's only allocation for it is the header value's own.
+    pub fn addr_header(&self) -> HeaderValue {
+        // Room for the longest text form of any IP address (IPv6 with an embedded IPv4 is 45).
+        let mut buf = [0u8; 45];
+        let mut rest = &mut buf[..];
+        write!(rest, "{}", self.addr).expect("an IP address fits in 45 bytes");
+        let len = 45 - rest.len();
+        HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a header value")
+    }
 }
 
 /// Resolves the client of a request on `conn`.
@@ -174,6 +188,20 @@ mod tests {
 
     fn trusted(nets: &[&str]) -> TrustedProxies {
         TrustedProxies::new(nets.iter().map(|n| TrustedProxies::parse_entry(n).unwrap()).collect())
+    }
+
+    #[test]
+    fn the_address_header_holds_any_address_in_its_text_form() {
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        for addr in ["192.0.2.7", "2001:db8::1", "::ffff:192.0.2.7", longest] {
+            let client = Client {
+                addr: addr.parse().unwrap(),
+                proto: Proto::Http,
+                host: None,
+                chain: None,
+            };
+            assert_eq!(client.addr_header(), addr, "{addr}");
+        }
     }
 
     fn conn(peer: &str) -> Connection {

@@ -75,22 +75,32 @@ impl<T> Future for Stage<'_, T> {
     }
 }
 
-/// Headers that describe one connection, not the message, and so never cross the proxy
-/// (RFC 9110 §7.6.1), in addition to every header the `Connection` header names.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
+/// Whether `name` describes one connection, not the message, and so never crosses the proxy
+/// (RFC 9110 §7.6.1). `Transfer-Encoding` goes too: each side frames its own messages.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "transfer-encoding"
+    )
+}
 
-/// Removes hop-by-hop headers and every header named in `Connection`. `Transfer-Encoding` is
-/// left to hyper, which owns message framing on each side.
+/// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_fields(headers, |_| false);
+}
+
+/// Removes the hop-by-hop headers, every header named in `Connection`, and every header
+/// `also` picks. The names present are walked once: a request carries a handful of fields, and
+/// a lookup for each name that might be there cost more than the walk.
+pub(crate) fn strip_fields(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -98,10 +108,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n) || also(n) || named.contains(n))
+        .cloned()
+        .collect();
+    for name in &doomed {
         headers.remove(name);
     }
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// Whether a `name` field's comma-separated list holds `token` (case-insensitive), as hyper

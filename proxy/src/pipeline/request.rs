@@ -16,15 +16,14 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers in which a client claims who it is or how it came; only Keygate writes them upstream.
-const CLIENT_CLAIMS: [HeaderName; 6] = [
-    header::FORWARDED,
-    X_REAL_IP,
-    X_FORWARDED_FOR,
-    X_FORWARDED_PROTO,
-    X_FORWARDED_HOST,
-    HeaderName::from_static("x-forwarded-port"),
-];
+/// Whether `name` is a header in which a client claims who it is or how it came; only Keygate
+/// writes those upstream.
+fn is_client_claim(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "forwarded" | "x-real-ip" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-forwarded-port"
+    )
+}
 
 /// The upstream URI for a request to `path_and_query` on `route`.
 pub fn upstream_uri(
@@ -61,29 +60,29 @@ pub fn upstream_uri(
 
 /// Rewrites the client's headers in place into the upstream's.
 pub fn rewrite_headers(route: &LiveRoute, parts: &mut Parts, client: &Client) {
-    let original_host = client.host.clone().or_else(|| {
-        parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        })
-    });
     let headers = &mut parts.headers;
-    super::strip_hop_by_hop(headers);
-    // The client may not vouch for who it is; hyper sets Host from the upstream URI.
-    headers.remove(header::HOST);
-    if route.spec.cookie_passthrough {
+    // The client may not vouch for who it is; the upstream connection sets Host from the
+    // upstream URI.
+    let sent_host = headers.remove(header::HOST);
+    let original_host = client.host.clone().or(sent_host).or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let passthrough = route.spec.cookie_passthrough;
+    super::strip_fields(headers, |name| {
+        is_client_claim(name) || (!passthrough && name == header::COOKIE)
+    });
+    if passthrough {
         join_cookies(headers);
-    } else {
-        headers.remove(header::COOKIE);
     }
-    for name in &CLIENT_CLAIMS {
-        headers.remove(name);
-    }
-    let addr = HeaderValue::from_str(&client.addr.to_string()).expect("an IP address is a header value");
-    headers.insert(X_FORWARDED_FOR, client.chain.clone().unwrap_or_else(|| addr.clone()));
-    headers.insert(X_REAL_IP, addr);
+    // Two values rather than one cloned: a clone of a value built from bytes allocates anyway.
+    headers.insert(
+        X_FORWARDED_FOR,
+        client.chain.clone().unwrap_or_else(|| client.addr_header()),
+    );
+    headers.insert(X_REAL_IP, client.addr_header());
     headers.insert(X_FORWARDED_PROTO, client.proto.header());
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST, host);
