@@ -82,17 +82,18 @@ pub fn handle(
     conn: Connection,
 ) -> impl Future<Output = Response<Body>> + Send {
     async move {
-        let started = Instant::now();
+        // Paths only: query strings may carry tokens and never reach the log. The clock is read
+        // only for the log's sake, and the path copied, since the request is consumed before
+        // the line is written.
+        let logging = tracing::enabled!(target: "keygate::access", tracing::Level::INFO);
+        let started = logging.then(Instant::now);
         let client = client::resolve(&conn, req.headers(), &shared.trusted_proxies);
         // Counted before Keygate adds a traceparent of its own.
         let too_many_headers = req.headers().len() > shared.limits.max_headers;
         let trace_id = trace::ensure(req.headers_mut());
         // Before anything reads the path: routing and every stage see its one canonical spelling.
         let normalized = path::normalize_request(&mut req);
-        // Paths only: query strings may carry tokens and never reach the log. Copied only when
-        // the access log is on, since the request is consumed before the line is written.
-        let access = tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
-            .then(|| (req.method().clone(), req.uri().path().to_string()));
+        let access = logging.then(|| (req.method().clone(), req.uri().path().to_string()));
         let config = shared.config.load_full().filter(|_| normalized.is_ok());
         // Keygate's own endpoints (tokenize, session create) come before any route.
         let path = req.uri().path();
@@ -156,7 +157,7 @@ pub fn handle(
             Some(r) => shared.metrics.route_request(&r.meters, &r.id, status),
             None => shared.metrics.request(route_id, status),
         }
-        if let Some((method, path)) = access {
+        if let (Some((method, path)), Some(started)) = (access, started) {
             tracing::info!(
                 target: "keygate::access",
                 client = %client.addr,
@@ -280,8 +281,9 @@ fn send(
 
         let body = vault::detokenize(route, &mut parts, body).await.map_err(timed_out)?;
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(
-            route.request_timeout,
+        // The deadline from the clock read just taken: a timeout would read it again.
+        let outcome = tokio::time::timeout_at(
+            tokio::time::Instant::from_std(sent) + route.request_timeout,
             route.client.send(Request::from_parts(parts, body)),
         )
         .await;

@@ -4,16 +4,21 @@
 
 use std::collections::HashMap;
 
+/// A table keyed by host or prefix. Its keys come from the config alone, and a request's path
+/// only probes it, so it needs no defence against chosen collisions: a fast hash (foldhash) in
+/// place of SipHash, which took more of a request's time than the probes themselves.
+type Table<T> = HashMap<String, T, foldhash::fast::RandomState>;
+
 /// Maps normalized prefixes (no trailing `/`, root is `/`) to a value.
 #[derive(Debug)]
 struct Prefixes<T> {
-    by_prefix: HashMap<String, T>,
+    by_prefix: Table<T>,
 }
 
 impl<T> Default for Prefixes<T> {
     fn default() -> Self {
         Prefixes {
-            by_prefix: HashMap::new(),
+            by_prefix: Table::default(),
         }
     }
 }
@@ -41,8 +46,8 @@ impl<T> Prefixes<T> {
 /// routes for any host.
 #[derive(Debug)]
 pub struct Router<T> {
-    exact: HashMap<String, Prefixes<T>>,
-    wildcard: HashMap<String, Prefixes<T>>,
+    exact: Table<Prefixes<T>>,
+    wildcard: Table<Prefixes<T>>,
     any: Prefixes<T>,
     len: usize,
 }
@@ -53,8 +58,8 @@ impl<T: Clone> Router<T> {
     /// it).
     pub fn new(entries: impl IntoIterator<Item = (Vec<String>, String, T)>) -> Self {
         let mut router = Router {
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
+            exact: Table::default(),
+            wildcard: Table::default(),
             any: Prefixes::default(),
             len: 0,
         };
@@ -139,7 +144,12 @@ fn strip_port(value: &str) -> &str {
     if value.starts_with('[') {
         return value.find(']').map_or(value, |end| &value[..=end]);
     }
-    value.rsplit_once(':').map_or(value, |(host, _)| host)
+    // A byte search: `rsplit_once` with a char pattern runs a general string searcher, which
+    // costs about twice as much on a name this short.
+    value
+        .bytes()
+        .rposition(|b| b == b':')
+        .map_or(value, |colon| &value[..colon])
 }
 
 #[cfg(test)]

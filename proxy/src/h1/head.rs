@@ -12,7 +12,7 @@ use http_body::SizeHint;
 
 use super::body::Framing;
 use crate::body::is_bodiless;
-use crate::pipeline::has_token;
+use crate::pipeline::value_has_token;
 
 /// How many header slots live on the stack; past it (a raised `--max-headers`) they go on the
 /// heap.
@@ -34,9 +34,13 @@ pub struct Parsed {
 }
 
 /// What the bytes buffered so far hold.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a head is moved on at once; boxing it cost an allocation on every request"
+)]
 pub enum Parse {
     /// A head for the fast path; its bytes are gone from the buffer.
-    Request(Box<Parsed>),
+    Request(Parsed),
     /// Not a whole head yet.
     Partial,
     /// Something for hyper: an upgrade, `Expect`, HTTP/1.0, `CONNECT`, ambiguous framing, the
@@ -76,7 +80,7 @@ pub fn parse(buf: &mut BytesMut, max_headers: usize, max_bytes: usize) -> Parse 
         // The start of a body, or a pipelined request: small, so copied rather than kept shared.
         *buf = BytesMut::from(rest);
     }
-    Parse::Request(Box::new(parsed))
+    Parse::Request(parsed)
 }
 
 fn unfreeze(bytes: Bytes) -> BytesMut {
@@ -98,6 +102,8 @@ fn build(bytes: &Bytes, req: &httparse::Request<'_, '_>) -> Option<Parsed> {
     // keys), so the map is not regrown two or three times on each request.
     let mut headers = HeaderMap::with_capacity(req.headers.len() + ADDED_FIELDS);
     let (mut length, mut lengths, mut chunked, mut encodings) = (0u64, 0, false, 0);
+    // `Connection` and `TE` are read as they pass, not looked up again after.
+    let (mut upgrade, mut close, mut trailers) = (false, false, false);
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value)).ok()?;
@@ -110,12 +116,17 @@ fn build(bytes: &Bytes, req: &httparse::Request<'_, '_>) -> Option<Parsed> {
                 encodings += 1;
                 chunked = value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked");
             }
+            header::CONNECTION => {
+                upgrade |= value_has_token(&value, "upgrade");
+                close |= value_has_token(&value, "close");
+            }
+            header::TE => trailers |= value_has_token(&value, "trailers"),
             header::UPGRADE | header::EXPECT => return None,
             _ => {}
         }
         headers.append(name, value);
     }
-    if has_token(&headers, header::CONNECTION, "upgrade") {
+    if upgrade {
         return None;
     }
     // One framing, stated once: two lengths, a length beside an encoding, or any coding but a
@@ -127,8 +138,6 @@ fn build(bytes: &Bytes, req: &httparse::Request<'_, '_>) -> Option<Parsed> {
         (0, 1) if chunked => Framing::chunked(),
         _ => return None,
     };
-    let close = has_token(&headers, header::CONNECTION, "close");
-    let trailers = has_token(&headers, header::TE, "trailers");
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -163,54 +172,67 @@ pub enum Out {
 
 /// Writes the status line and headers of an answer to `out`, choosing and declaring the body's
 /// framing as hyper would: the answer's own `Content-Length`, else the body's exact size, else
-/// chunked. Adds `Date` when absent and `Connection: close` when `close`.
+/// chunked. Adds `Date` when absent and `Connection: close` when `close`. The fields Keygate
+/// decides are written here rather than set in the map: one walk over the fields present finds
+/// what the answer says, where a lookup, a removal and an insertion for each cost more.
 pub fn encode(
     status: StatusCode,
-    headers: &mut HeaderMap,
+    headers: &HeaderMap,
     hint: &SizeHint,
     head_request: bool,
     close: bool,
     out: &mut Vec<u8>,
 ) -> Out {
-    let framing = if is_bodiless(status, head_request) {
-        // A HEAD or 304 answer keeps the length and coding a GET would get; 1xx and 204 have none.
-        if status.is_informational() || status == StatusCode::NO_CONTENT {
-            headers.remove(header::CONTENT_LENGTH);
-            headers.remove(header::TRANSFER_ENCODING);
-        }
-        Out::Empty
-    } else {
-        // Keygate frames the body itself; an upstream's coding was for its own hop.
-        headers.remove(header::TRANSFER_ENCODING);
-        let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-        let declared = match (lengths.next(), lengths.next()) {
-            (Some(one), None) => parse_length(one.as_bytes()),
-            _ => None,
-        };
-        match declared.or(hint.exact()) {
-            Some(n) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-                Out::Length(n)
+    let (mut lengths, mut declared, mut dated) = (0, None, false);
+    for (name, value) in headers {
+        match *name {
+            header::CONTENT_LENGTH => {
+                lengths += 1;
+                declared = parse_length(value.as_bytes());
             }
-            None => {
-                headers.remove(header::CONTENT_LENGTH);
-                headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-                Out::Chunked
-            }
+            header::DATE => dated = true,
+            _ => {}
         }
+    }
+    let bodiless = is_bodiless(status, head_request);
+    // A HEAD or 304 answer keeps the length and coding a GET would get; 1xx and 204 have none,
+    // and otherwise Keygate frames the body itself (an upstream's coding was for its own hop).
+    let keeps_framing = bodiless && !(status.is_informational() || status == StatusCode::NO_CONTENT);
+    let framing = match (bodiless, declared.filter(|_| lengths == 1).or(hint.exact())) {
+        (true, _) => Out::Empty,
+        (false, Some(n)) => Out::Length(n),
+        (false, None) => Out::Chunked,
     };
-    if close {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    if !headers.contains_key(header::DATE) {
-        headers.insert(header::DATE, date());
-    }
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
     out.extend_from_slice(b"\r\n");
-    write_fields(headers, out);
+    match framing {
+        Out::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Out::Empty => {}
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    for (name, value) in headers {
+        let replaced = match *name {
+            header::CONTENT_LENGTH | header::TRANSFER_ENCODING => !keeps_framing,
+            header::CONNECTION => close,
+            _ => false,
+        };
+        if !replaced {
+            write_field(name, value, out);
+        }
+    }
+    if !dated {
+        write_date(out);
+    }
     out.extend_from_slice(b"\r\n");
     framing
 }
@@ -218,37 +240,39 @@ pub fn encode(
 /// `name: value` lines. Both were validated when built, so neither can hold a line break.
 pub fn write_fields(headers: &HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(name, value, out);
     }
 }
 
-thread_local! {
-    /// The `Date` value, formatted once per second per worker.
-    static DATE: RefCell<(u64, HeaderValue)> = const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+/// One `name: value` line.
+pub fn write_field(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
-fn date() -> HeaderValue {
+thread_local! {
+    /// The `Date` field, formatted once per second per worker.
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+fn write_date(out: &mut Vec<u8>) {
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with(|cell| {
-        let mut cached = cell.borrow_mut();
-        if cached.0 != secs {
-            let text = httpdate::fmt_http_date(now);
-            *cached = (
-                secs,
-                HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("")),
-            );
+    DATE.with_borrow_mut(|(cached_secs, line)| {
+        if *cached_secs != secs {
+            *line = format!("date: {}\r\n", httpdate::fmt_http_date(now));
+            *cached_secs = secs;
         }
-        cached.1.clone()
-    })
+        out.extend_from_slice(line.as_bytes());
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::has_token;
 
     fn parse_str(head: &str) -> Parse {
         parse(&mut BytesMut::from(head.as_bytes()), 100, 1024)
@@ -256,7 +280,7 @@ mod tests {
 
     fn request(head: &str) -> Parsed {
         match parse_str(head) {
-            Parse::Request(p) => *p,
+            Parse::Request(p) => p,
             Parse::Partial => panic!("partial: {head:?}"),
             Parse::Handoff => panic!("handed off: {head:?}"),
         }
@@ -385,6 +409,8 @@ mod tests {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("9"));
         let (out, text) = encoded(StatusCode::BAD_GATEWAY, &mut headers, SizeHint::default(), false, true);
         assert_eq!(out, Out::Length(9));
+        assert_eq!(text.matches("content-length").count(), 1, "{text}");
+        assert!(text.contains("\r\ncontent-length: 9\r\n"), "{text}");
         assert!(!text.contains("transfer-encoding"), "{text}");
         assert!(text.contains("connection: close\r\n"), "{text}");
 

@@ -111,7 +111,7 @@ where
         // One allocation per request holds the whole exchange (the service's future included),
         // so the connection's own future, which is what an idle connection costs, stays small.
         match Box::pin(exchange::<I, _, _>(
-            *parsed,
+            parsed,
             reader,
             &mut write,
             settings,
@@ -231,8 +231,9 @@ async fn close<I: Duplex>(
     Ended::Closed
 }
 
+#[allow(clippy::large_enum_variant, reason = "as `head::Parse`")]
 enum Next {
-    Request(Box<head::Parsed>),
+    Request(head::Parsed),
     Close,
     Handoff,
 }
@@ -262,13 +263,16 @@ async fn read_head<R: AsyncRead + Unpin>(
             () = idle => return Next::Close,
         }
     }
-    let deadline = Instant::now() + settings.header_read_timeout;
+    // Started at the first read that leaves the head unfinished: most heads arrive whole, and
+    // need no clock read.
+    let mut deadline = None;
     loop {
         match head::parse(&mut reader.buf, settings.max_headers, settings.max_header_bytes) {
             Parse::Request(parsed) => return Next::Request(parsed),
             Parse::Handoff => return Next::Handoff,
             Parse::Partial => {}
         }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + settings.header_read_timeout);
         // Slow heads are closed without an answer, as hyper does.
         match tokio::time::timeout_at(deadline, poll_fn(|cx| reader.poll_fill(cx))).await {
             Ok(Ok(n)) if n > 0 => {}
@@ -312,20 +316,13 @@ async fn write_answer<W: AsyncWrite + Unpin>(
     close: bool,
     trailers_wanted: bool,
 ) -> io::Result<bool> {
-    let (mut parts, body) = answer.into_parts();
+    let (parts, body) = answer.into_parts();
     let hint = body.size_hint();
     // Room for the head and, when it goes out with the head, the whole body: one allocation,
     // never regrown.
     let room = HEAD_ROOM + hint.exact().filter(|n| *n <= COALESCE).unwrap_or(0) as usize;
     let mut pending = Vec::with_capacity(room);
-    let out = head::encode(
-        parts.status,
-        &mut parts.headers,
-        &hint,
-        head_request,
-        close,
-        &mut pending,
-    );
+    let out = head::encode(parts.status, &parts.headers, &hint, head_request, close, &mut pending);
     match write_message(write, pending, body, out, trailers_wanted).await {
         Ok(()) => Ok(true),
         Err(Unsent::Io(e)) => Err(e),

@@ -88,15 +88,51 @@ pub struct Client {
 }
 
 impl Client {
-    /// The client's address as `X-Forwarded-For` and `X-Real-IP` carry it, written on the
-    /// stack: a request's only allocation for it is the header value's own.
-    pub fn addr_header(&self) -> HeaderValue {
-        // Room for the longest text form of any IP address (IPv6 with an embedded IPv4 is 45).
-        let mut buf = [0u8; 45];
-        let mut rest = &mut buf[..];
-        write!(rest, "{}", self.addr).expect("an IP address fits in 45 bytes");
-        let len = 45 - rest.len();
-        HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a header value")
+    /// The client's address in its text form, as `X-Forwarded-For` and `X-Real-IP` carry it.
+    pub fn addr_text(&self) -> AddrText {
+        AddrText::new(self.addr)
+    }
+}
+
+/// An IP address in its text form, written on the stack: the header values made from it are a
+/// request's only allocations for the client's address.
+pub struct AddrText {
+    // Room for the longest text form of any IP address (IPv6 with an embedded IPv4 is 45).
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl AddrText {
+    fn new(addr: IpAddr) -> AddrText {
+        let mut text = AddrText { buf: [0; 45], len: 0 };
+        match addr {
+            // Nearly every client: four numbers without the formatting machinery, which took
+            // more of a request's time than the rest of this header's work.
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b".");
+                    }
+                    text.push(itoa::Buffer::new().format(octet).as_bytes());
+                }
+            }
+            IpAddr::V6(_) => {
+                let mut rest = &mut text.buf[..];
+                write!(rest, "{addr}").expect("an IP address fits in 45 bytes");
+                text.len = 45 - rest.len();
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// The address as a header value.
+    pub fn header(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.buf[..self.len]).expect("an IP address is a header value")
     }
 }
 
@@ -193,14 +229,22 @@ mod tests {
     #[test]
     fn the_address_header_holds_any_address_in_its_text_form() {
         let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
-        for addr in ["192.0.2.7", "2001:db8::1", "::ffff:192.0.2.7", longest] {
+        for addr in [
+            "192.0.2.7",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.100.9.1",
+            "2001:db8::1",
+            "::ffff:192.0.2.7",
+            longest,
+        ] {
             let client = Client {
                 addr: addr.parse().unwrap(),
                 proto: Proto::Http,
                 host: None,
                 chain: None,
             };
-            assert_eq!(client.addr_header(), addr, "{addr}");
+            assert_eq!(client.addr_text().header(), addr, "{addr}");
         }
     }
 

@@ -29,7 +29,8 @@ pub mod transform;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use smallvec::SmallVec;
 
 use crate::error::ProxyError;
 
@@ -92,25 +93,18 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Removes hop-by-hop headers and every header named in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip_fields(headers, |_| false);
-}
-
 /// Removes the hop-by-hop headers, every header named in `Connection`, and every header
 /// `also` picks. The names present are walked once: a request carries a handful of fields, and
 /// a lookup for each name that might be there cost more than the walk.
 pub(crate) fn strip_fields(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    let doomed: Vec<HeaderName> = headers
+    // The names `Connection` lists are matched as text where they stand, and the doomed names
+    // are gathered on the stack: most requests lose a field or two, and neither list is worth
+    // an allocation.
+    let connection = headers.get_all(header::CONNECTION);
+    let named = connection.iter().next().is_some();
+    let doomed: SmallVec<[HeaderName; 4]> = headers
         .keys()
-        .filter(|n| is_hop_by_hop(n) || also(n) || named.contains(n))
+        .filter(|n| is_hop_by_hop(n) || also(n) || (named && connection.iter().any(|v| value_has_token(v, n.as_str()))))
         .cloned()
         .collect();
     for name in &doomed {
@@ -121,12 +115,14 @@ pub(crate) fn strip_fields(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -
 /// Whether a `name` field's comma-separated list holds `token` (case-insensitive), as hyper
 /// reads `Connection`: values that are not visible ASCII are skipped.
 pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers.get_all(name).iter().any(|v| value_has_token(v, token))
+}
+
+/// Whether one value of a comma-separated field holds `token`, read as [`has_token`] reads it.
+pub(crate) fn value_has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// Removes the value at JSON pointer `pointer` (RFC 6901), if there is one: the session token
@@ -179,13 +175,17 @@ mod tests {
             header::CONNECTION,
             HeaderValue::from_static("keep-alive, X-Secret-Hop , upgrade"),
         );
+        // A second `Connection` field names more.
+        h.append(header::CONNECTION, HeaderValue::from_static("X-Other-Hop"));
+        h.insert("x-other-hop", HeaderValue::from_static("1"));
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
-        strip_hop_by_hop(&mut h);
+        h.insert("x-picked", HeaderValue::from_static("1"));
+        strip_fields(&mut h, |name| name == "x-picked");
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
     }

@@ -39,10 +39,14 @@ pub fn upstream_uri(
     } else {
         path
     };
-    let mut pq = String::with_capacity(base_path.len() + rest.len() + uri.query().map_or(0, |q| q.len() + 1) + 1);
+    let root = base_path.is_empty() && rest.is_empty();
+    // Exactly the length: a string with room to spare becomes a shared buffer only through one
+    // more allocation.
+    let len = base_path.len() + rest.len() + usize::from(root) + uri.query().map_or(0, |q| q.len() + 1);
+    let mut pq = String::with_capacity(len);
     pq.push_str(base_path);
     pq.push_str(rest);
-    if pq.is_empty() {
+    if root {
         pq.push('/');
     }
     if let Some(q) = uri.query() {
@@ -77,12 +81,11 @@ pub fn rewrite_headers(route: &LiveRoute, parts: &mut Parts, client: &Client) {
     if passthrough {
         join_cookies(headers);
     }
-    // Two values rather than one cloned: a clone of a value built from bytes allocates anyway.
-    headers.insert(
-        X_FORWARDED_FOR,
-        client.chain.clone().unwrap_or_else(|| client.addr_header()),
-    );
-    headers.insert(X_REAL_IP, client.addr_header());
+    // Two values from one text rather than one value cloned: a clone of a value built from
+    // bytes allocates anyway.
+    let addr = client.addr_text();
+    headers.insert(X_FORWARDED_FOR, client.chain.clone().unwrap_or_else(|| addr.header()));
+    headers.insert(X_REAL_IP, addr.header());
     headers.insert(X_FORWARDED_PROTO, client.proto.header());
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST, host);

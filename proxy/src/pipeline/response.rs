@@ -9,10 +9,9 @@ use crate::config::LiveRoute;
 /// Rewrites the upstream's response headers in place.
 pub fn rewrite_headers(route: &LiveRoute, parts: &mut Parts) {
     let headers = &mut parts.headers;
-    super::strip_hop_by_hop(headers);
-    if !route.spec.cookie_passthrough {
-        headers.remove(header::SET_COOKIE);
-    }
+    // In the same walk as the hop-by-hop fields.
+    let passthrough = route.spec.cookie_passthrough;
+    super::strip_fields(headers, |name| !passthrough && name == header::SET_COOKIE);
     for (from, to) in &route.renames {
         if from == to {
             continue;

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use http::HeaderValue;
-use http::header::{HeaderMap, HeaderName};
+use http::header::{Entry, HeaderMap, HeaderName};
 
 /// `traceparent` (W3C Trace Context §3.2).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -55,15 +55,26 @@ pub fn parse(value: &[u8]) -> Option<TraceId> {
 /// Makes sure `headers` carry a valid `traceparent`, creating one (and dropping a `tracestate`
 /// that belonged to the malformed one) when they do not. Returns the request's trace id.
 pub fn ensure(headers: &mut HeaderMap) -> TraceId {
-    let mut values = headers.get_all(&TRACEPARENT).iter();
-    // Two traceparents are as malformed as one bad one (§3.2: the header is single-valued).
-    if let (Some(one), None) = (values.next(), values.next())
-        && let Some(id) = parse(one.as_bytes())
-    {
-        return id;
-    }
-    let (id, value) = generate();
-    headers.insert(TRACEPARENT, value);
+    // One lookup both reads the field and puts the new one in its place.
+    let id = match headers.entry(TRACEPARENT) {
+        Entry::Occupied(mut found) => {
+            let mut values = found.iter();
+            // Two traceparents are as malformed as one bad one (§3.2: the header is single-valued).
+            if let (Some(one), None) = (values.next(), values.next())
+                && let Some(id) = parse(one.as_bytes())
+            {
+                return id;
+            }
+            let (id, value) = generate();
+            found.insert(value);
+            id
+        }
+        Entry::Vacant(absent) => {
+            let (id, value) = generate();
+            absent.insert(value);
+            id
+        }
+    };
     headers.remove(TRACESTATE);
     id
 }

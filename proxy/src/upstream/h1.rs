@@ -36,9 +36,9 @@ use tower_service::Service;
 use crate::body::{Body, BoxError, is_bodiless};
 use crate::external::resolve::Resolver;
 use crate::h1::body::{BodyError, Framing, Reader};
-use crate::h1::head::{Out, parse_length, write_fields};
+use crate::h1::head::{Out, parse_length, write_field};
 use crate::h1::{COALESCE, Unsent, write_message};
-use crate::pipeline::has_token;
+use crate::pipeline::value_has_token;
 
 /// Header fields an answer's head may carry.
 const MAX_HEADERS: usize = 100;
@@ -184,7 +184,9 @@ impl Pool {
 
     fn checkout(&self, authority: &Authority) -> Option<Reader<TcpStream>> {
         let mut idle = self.idle.lock().expect("pool lock");
-        while let Some(i) = idle.iter().rposition(|c| c.authority == *authority) {
+        // Compared as written, not case-folded as `Authority`'s `==` does: a route's upstream is
+        // spelled the same on every request, and a byte comparison is several times cheaper.
+        while let Some(i) = idle.iter().rposition(|c| c.authority.as_str() == authority.as_str()) {
             let Idle { conn, .. } = idle.remove(i);
             if still_open(&conn.io) {
                 return Some(conn);
@@ -360,13 +362,12 @@ fn encode(parts: &http::request::Parts, authority: &Authority, body: Out) -> Vec
         }
         out.extend_from_slice(b"\r\n");
     }
-    let mut fields = std::borrow::Cow::Borrowed(&parts.headers);
-    if fields.contains_key(header::CONTENT_LENGTH) || fields.contains_key(header::TRANSFER_ENCODING) {
-        let owned = fields.to_mut();
-        owned.remove(header::CONTENT_LENGTH);
-        owned.remove(header::TRANSFER_ENCODING);
+    // The body's framing is stated below, as Keygate sends it, whatever the fields say.
+    for (name, value) in &parts.headers {
+        if !matches!(*name, header::CONTENT_LENGTH | header::TRANSFER_ENCODING) {
+            write_field(name, value, &mut out);
+        }
     }
-    write_fields(&fields, &mut out);
     match body {
         Out::Empty if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
             out.extend_from_slice(b"content-length: 0\r\n");
@@ -486,7 +487,7 @@ fn parse(bytes: &Bytes) -> Result<Option<(Head, usize)>, Error> {
         .ok_or(Error::Invalid("bad status code"))?;
     // Room for the Date and framing fields the answer to the client may gain.
     let mut headers = HeaderMap::with_capacity(res.headers.len() + 2);
-    let (mut length, mut chunked, mut encoded) = (None::<u64>, false, false);
+    let (mut length, mut chunked, mut encoded, mut close) = (None::<u64>, false, false, false);
     for h in res.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Invalid("bad field name"))?;
         let value =
@@ -508,12 +509,12 @@ fn parse(bytes: &Bytes) -> Result<Option<(Head, usize)>, Error> {
                     .next()
                     .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
+            header::CONNECTION => close |= value_has_token(&value, "close"),
             _ => {}
         }
         headers.append(name, value);
     }
     let http11 = res.version == Some(1);
-    let close = has_token(&headers, header::CONNECTION, "close");
     let framing = match (encoded, chunked, length) {
         (true, true, _) => Some(Framing::chunked()),
         (false, _, Some(n)) => Some(Framing::Length(n)),
