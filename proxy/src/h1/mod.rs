@@ -101,10 +101,12 @@ where
     // timer driver's lock.
     let mut idle = std::pin::pin!(tokio::time::sleep(settings.keepalive_timeout));
     let mut first = true;
-    loop {
+    // The connection closes after the loop, not inside it: a close awaited in a `match` arm
+    // would keep the matched head's room (a few hundred bytes) in every connection's state.
+    let unread = loop {
         let parsed = match read_head(&mut reader, settings, &mut draining, idle.as_mut(), first).await {
             Next::Request(parsed) => parsed,
-            Next::Close => return close::<I>(write, None, &mut draining).await,
+            Next::Close => break None,
             Next::Handoff => return Ended::Handoff(I::from_halves(reader.io, write), reader.buf.freeze()),
         };
         first = false;
@@ -121,9 +123,10 @@ where
         .await
         {
             Ok(next) => reader = next,
-            Err(unread) => return close::<I>(write, unread, &mut draining).await,
+            Err(unread) => break unread,
         }
-    }
+    };
+    close::<I>(write, unread, &mut draining).await
 }
 
 /// One request and its answer. Gives the read side back when the connection may carry another
