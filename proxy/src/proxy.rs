@@ -82,18 +82,17 @@ pub fn handle(
     conn: Connection,
 ) -> impl Future<Output = Response<Body>> + Send {
     async move {
-        // Paths only: query strings may carry tokens and never reach the log. The clock is read
-        // only for the log's sake, and the path copied, since the request is consumed before
-        // the line is written.
-        let logging = tracing::enabled!(target: "keygate::access", tracing::Level::INFO);
-        let started = logging.then(Instant::now);
+        // The clock is read for the access log's sake only.
+        let started = tracing::enabled!(target: "keygate::access", tracing::Level::INFO).then(Instant::now);
         let client = client::resolve(&conn, req.headers(), &shared.trusted_proxies);
         // Counted before Keygate adds a traceparent of its own.
         let too_many_headers = req.headers().len() > shared.limits.max_headers;
         let trace_id = trace::ensure(req.headers_mut());
         // Before anything reads the path: routing and every stage see its one canonical spelling.
         let normalized = path::normalize_request(&mut req);
-        let access = logging.then(|| (req.method().clone(), req.uri().path().to_string()));
+        // Paths only: query strings may carry tokens and never reach the log. Copied now, since
+        // the request is consumed before the line is written.
+        let access = started.map(|started| (started, req.method().clone(), req.uri().path().to_string()));
         let config = shared.config.load_full().filter(|_| normalized.is_ok());
         // Keygate's own endpoints (tokenize, session create) come before any route.
         let path = req.uri().path();
@@ -157,7 +156,7 @@ pub fn handle(
             Some(r) => shared.metrics.route_request(&r.meters, &r.id, status),
             None => shared.metrics.request(route_id, status),
         }
-        if let (Some((method, path)), Some(started)) = (access, started) {
+        if let Some((started, method, path)) = access {
             tracing::info!(
                 target: "keygate::access",
                 client = %client.addr,

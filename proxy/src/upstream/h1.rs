@@ -485,8 +485,7 @@ fn parse(bytes: &Bytes) -> Result<Option<(Head, usize)>, Error> {
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(Error::Invalid("bad status code"))?;
-    // Room for the Date and framing fields the answer to the client may gain.
-    let mut headers = HeaderMap::with_capacity(res.headers.len() + 2);
+    let mut headers = HeaderMap::with_capacity(res.headers.len());
     let (mut length, mut chunked, mut encoded, mut close) = (None::<u64>, false, false, false);
     for h in res.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Invalid("bad field name"))?;
